@@ -1,0 +1,93 @@
+"""The attention-backend contract and its registry.
+
+A backend owns the metadata of one step: `prepare(batch)` runs once per forward pass (host work,
+index building, kernel planning) and every layer then calls `forward(q, k, v, layer, batch)`, which
+writes the new K/V into the paged pool at `batch.out_cache_loc` and attends over
+[cached prefix + new tokens] read through `batch.req_to_token`.
+
+Metadata names follow FlashInfer's: `qo_indptr` [B+1] (offsets of each request's new tokens),
+`kv_indptr` [B+1] (offsets into `kv_indices`), `kv_indices` (all KV slots of the batch, request after
+request, in sequence order).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from runtime.forward_batch import ForwardBatch
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """The static shape of one attention layer, as the backend needs it."""
+
+    layer_id: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    scaling: float
+
+
+class BaseAttentionBackend(ABC):
+    @abstractmethod
+    def prepare(self, batch: ForwardBatch) -> None:
+        """Build this step's metadata. Called once per forward pass, before the first layer."""
+
+    @abstractmethod
+    def forward_extend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: AttentionLayer, batch: ForwardBatch
+    ) -> torch.Tensor:
+        """Store k/v at batch.out_cache_loc, then attend: each new token sees its request's cached
+        prefix and the new tokens up to itself (causal).
+        q: [T, num_heads, head_dim]; k, v: [T, num_kv_heads, head_dim] → [T, num_heads, head_dim]"""
+
+    @abstractmethod
+    def forward_decode(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: AttentionLayer, batch: ForwardBatch
+    ) -> torch.Tensor:
+        """Store k/v at batch.out_cache_loc, then attend over the request's whole KV (T == B)."""
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: AttentionLayer, batch: ForwardBatch
+    ) -> torch.Tensor:
+        if batch.is_decode:
+            return self.forward_decode(q, k, v, layer, batch)
+        return self.forward_extend(q, k, v, layer, batch)
+
+
+def build_kv_indices(batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """kv_indptr [B+1] int32 and kv_indices [sum(seq_lens)] int32 from the req→token table."""
+    seq_lens = batch.seq_lens_cpu
+    kv_indptr = torch.zeros(batch.batch_size + 1, dtype=torch.int32)
+    kv_indptr[1:] = torch.cumsum(seq_lens, 0)
+    rows = [batch.req_to_token[int(r), : int(n)] for r, n in zip(batch.req_pool_indices.tolist(), seq_lens.tolist())]
+    kv_indices = torch.cat(rows) if rows else torch.empty(0, dtype=torch.int32, device=batch.device)
+    return kv_indptr.to(batch.device), kv_indices
+
+
+ATTENTION_BACKENDS: dict[str, Callable[..., BaseAttentionBackend]] = {}
+
+
+def register_attention_backend(name: str):
+    def deco(factory):
+        ATTENTION_BACKENDS[name] = factory
+        return factory
+
+    return deco
+
+
+def create_attention_backend(name: str, **kwargs) -> BaseAttentionBackend:
+    # Import the implementations lazily: triton and flashinfer are optional.
+    if name == "torch_native":
+        import runtime.attention.torch_native  # noqa: F401
+    elif name == "triton":
+        import runtime.attention.triton.backend  # noqa: F401
+    elif name == "flashinfer":
+        import runtime.attention.flashinfer  # noqa: F401
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention_backend {name!r}; available: torch_native, triton, flashinfer")
+    return ATTENTION_BACKENDS[name](**kwargs)

@@ -1,0 +1,1 @@
+"""KV memory and the prefix cache."""

@@ -1,0 +1,91 @@
+"""Engine configuration: one frozen dataclass, the single source of truth.
+
+Option names follow SGLang's server arguments where they exist, so users can switch. The CLI
+(`sgflow serve`) generates one flag per field from this dataclass, with the help text below.
+Derived values are properties; nothing mutates a config after construction (use `replace`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+def _opt(default, help: str, choices: Optional[tuple] = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    # --- model
+    model_path: Optional[str] = _opt(None, "Local HF-format model directory (default: the embedded model).")
+    tokenizer_path: Optional[str] = _opt(None, "Tokenizer directory (default: model_path).")
+    dtype: str = _opt("auto", "Weight/activation dtype.", ("auto", "float32", "bfloat16", "float16"))
+    load_format: str = _opt("auto", "'dummy' gives random weights of the right shapes.", ("auto", "safetensors", "dummy"))
+    device: str = _opt("auto", "'cpu', 'cuda' or 'auto' (cuda when available).")
+    context_length: Optional[int] = _opt(None, "Max tokens per request (default: the model's).")
+    # --- memory
+    mem_fraction_static: float = _opt(0.85, "GPU: fraction of device memory for weights + KV pool.")
+    kv_cache_bytes: int = _opt(256 * 2**20, "CPU: byte budget for the KV pool.")
+    max_total_tokens: Optional[int] = _opt(None, "KV pool size in tokens (overrides the budgets).")
+    page_size: int = _opt(1, "Tokens per KV page.")
+    # --- scheduling
+    max_running_requests: int = _opt(256, "Most requests decoding at once.")
+    max_queued_requests: int = _opt(4096, "Most requests waiting; more are refused (HTTP 503).")
+    chunked_prefill_size: int = _opt(8192, "Prefill token budget per step; longer prompts are chunked. -1: off.")
+    max_prefill_tokens: int = _opt(16384, "Most new prefill tokens in one extend batch.")
+    schedule_policy: str = _opt("fcfs", "Order of waiting requests.", ("fcfs", "lpm"))
+    disable_radix_cache: bool = _opt(False, "Turn the prefix cache off (A/B runs).")
+    new_token_ratio: float = _opt(0.4, "Share of max_new_tokens reserved per running request when admitting.")
+    random_seed: int = _opt(0, "Seed for sampling without a per-request seed and for dummy weights.")
+    # --- kernels
+    attention_backend: str = _opt("auto", "Attention kernels.", ("auto", "torch_native", "triton", "flashinfer"))
+    disable_cuda_graph: bool = _opt(False, "Run decode without CUDA graphs.")
+    cuda_graph_max_bs: int = _opt(160, "Largest decode batch captured in a CUDA graph.")
+    disable_overlap_schedule: bool = _opt(False, "Do not prepare step N+1 while step N runs.")
+    # --- constrained decoding
+    disable_jump_forward: bool = _opt(False, "Decode forced grammar text token by token.")
+    grammar_compile_timeout: float = _opt(10.0, "Seconds a regex/schema may take to compile.")
+    json_whitespace_pattern: Optional[str] = _opt(None, "Regex for whitespace in JSON output (default: compact).")
+    # --- limits for untrusted input
+    max_n: int = _opt(64, "Largest `n` per request.")
+    max_stop_strings: int = _opt(32, "Most stop strings per request.")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
+        if not 0.0 < self.mem_fraction_static < 1.0:
+            raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static}")
+        for name in ("page_size", "max_running_requests", "max_queued_requests", "max_prefill_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.chunked_prefill_size == 0 or self.chunked_prefill_size < -1:
+            raise ValueError(f"chunked_prefill_size must be -1 (off) or >= 1, got {self.chunked_prefill_size}")
+        if self.max_total_tokens is not None and self.max_total_tokens < 2:
+            raise ValueError(f"max_total_tokens must be >= 2, got {self.max_total_tokens}")
+        if self.page_size != 1:
+            # NOTE: the radix cache and allocators are written for page_size 1; larger pages need
+            # page-aligned matching, which is not built yet.
+            raise ValueError(f"page_size must be 1 for now, got {self.page_size}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "EngineConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(f"unknown engine option(s): {', '.join(unknown)}")
+        return cls(**kwargs)
+
+    def replace(self, **changes) -> "EngineConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def resolved_tokenizer_path(self) -> Optional[str]:
+        return self.tokenizer_path or self.model_path
+
+    @property
+    def chunked_prefill_enabled(self) -> bool:
+        return self.chunked_prefill_size > 0
