@@ -1,0 +1,123 @@
+"""TritonAttention: our own kernels (kv_store, extend, decode) behind BaseAttentionBackend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from runtime.attention.base import AttentionLayer, BaseAttentionBackend, register_attention_backend
+from runtime.attention.triton.decode import DecodeConfig, choose_num_splits, decode_attention
+from runtime.attention.triton.extend import ExtendConfig, extend_attention
+from runtime.attention.triton.kv_store import can_launch_on, store_kv
+from runtime.forward_batch import ForwardBatch
+
+CPU_NUM_SMS = 4  # the interpreter runs programs one by one: few splits keep it quick
+
+
+@dataclass(frozen=True)
+class TritonMetadata:
+    """One step's metadata, built by prepare(); FlashInfer's names."""
+
+    qo_indptr: torch.Tensor  # [B+1] int32 offsets of each request's new tokens in q
+    kv_indptr: torch.Tensor  # [B+1] int32 offsets of each request's slots in kv_indices
+    kv_indices: torch.Tensor  # [sum(seq_lens)] int32 KV slots, request after request, in order
+    max_seq_len: int
+    max_extend_len: int
+
+
+def gather_kv_indices(
+    req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, total: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """kv_indptr [B+1] int32 and kv_indices [total] int32 on the table's device.
+
+    Vectorised (no Python loop per request, no host sync: `total` = sum(seq_lens) comes from the host).
+    """
+    device = req_to_token.device
+    seq_lens = seq_lens.to(device=device, dtype=torch.int64)
+    batch_size = seq_lens.shape[0]
+    kv_indptr = torch.zeros(batch_size + 1, dtype=torch.int64, device=device)
+    torch.cumsum(seq_lens, 0, out=kv_indptr[1:])
+    # owner[j]: the request of the j-th entry; its position in the request = j - kv_indptr[owner]
+    owner = torch.repeat_interleave(torch.arange(batch_size, device=device), seq_lens, output_size=total)
+    positions = torch.arange(total, device=device) - kv_indptr[owner]
+    rows = req_pool_indices.to(device=device, dtype=torch.int64)[owner]
+    kv_indices = req_to_token[rows, positions].to(torch.int32)
+    return kv_indptr.to(torch.int32), kv_indices
+
+
+def _indptr(lengths: torch.Tensor, device: torch.device) -> torch.Tensor:
+    indptr = torch.zeros(lengths.shape[0] + 1, dtype=torch.int64, device=device)
+    torch.cumsum(lengths.to(device=device, dtype=torch.int64), 0, out=indptr[1:])
+    return indptr.to(torch.int32)
+
+
+@register_attention_backend("triton")
+class TritonAttention(BaseAttentionBackend):
+    """Split-KV decode and causal extend kernels in Triton over the paged KV pool.
+
+    `num_splits` forces the decode split count (tests, benchmarks); by default it is chosen per step
+    from the batch size, the KV heads, the longest sequence and the SM count. Unknown keyword
+    arguments (device, num_heads, ...) are accepted and ignored, like every backend's factory.
+    """
+
+    def __init__(
+        self,
+        num_splits: Optional[int] = None,
+        decode_config: DecodeConfig = DecodeConfig(),
+        extend_config: ExtendConfig = ExtendConfig(),
+        **_unused,
+    ):
+        self.num_splits = num_splits
+        self.decode_config = decode_config
+        self.extend_config = extend_config
+        self.metadata: Optional[TritonMetadata] = None
+        self._num_sms: dict[torch.device, int] = {}
+
+    def prepare(self, batch: ForwardBatch) -> None:
+        device = batch.req_to_token.device
+        if not can_launch_on(device):
+            raise RuntimeError("the triton attention backend needs CUDA tensors or TRITON_INTERPRET=1 on CPU")
+        seq_lens_cpu = batch.seq_lens_cpu
+        total = int(seq_lens_cpu.sum()) if batch.batch_size else 0
+        kv_indptr, kv_indices = gather_kv_indices(batch.req_to_token, batch.req_pool_indices, batch.seq_lens, total)
+        if batch.is_decode:
+            qo_indptr = torch.arange(batch.batch_size + 1, dtype=torch.int32, device=device)
+            max_extend_len = 1
+        else:
+            qo_indptr = _indptr(batch.extend_seq_lens_cpu, device)
+            max_extend_len = int(batch.extend_seq_lens_cpu.max()) if batch.batch_size else 0
+        max_seq_len = int(seq_lens_cpu.max()) if batch.batch_size else 0
+        self.metadata = TritonMetadata(qo_indptr, kv_indptr, kv_indices, max_seq_len, max_extend_len)
+
+    def forward_extend(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:
+        k_buffer, v_buffer = self._store(k, v, layer, batch)
+        meta = self.metadata
+        return extend_attention(
+            q, k_buffer, v_buffer, meta.qo_indptr, meta.kv_indptr, meta.kv_indices,
+            layer.scaling, meta.max_extend_len, config=self.extend_config,
+        )
+
+    def forward_decode(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:
+        k_buffer, v_buffer = self._store(k, v, layer, batch)
+        meta = self.metadata
+        return decode_attention(
+            q, k_buffer, v_buffer, meta.kv_indptr, meta.kv_indices, layer.scaling,
+            self._decode_splits(batch.batch_size, layer.num_kv_heads, q.device), config=self.decode_config,
+        )
+
+    def _store(self, k, v, layer: AttentionLayer, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.metadata is not None, "prepare(batch) must run before the first layer"
+        k_buffer = batch.kv_pool.k_buffers[layer.layer_id]
+        v_buffer = batch.kv_pool.v_buffers[layer.layer_id]
+        store_kv(k_buffer, v_buffer, batch.out_cache_loc, k, v)
+        return k_buffer, v_buffer
+
+    def _decode_splits(self, batch_size: int, num_kv_heads: int, device: torch.device) -> int:
+        if self.num_splits is not None:
+            return self.num_splits
+        if device not in self._num_sms:
+            cuda = device.type == "cuda"
+            self._num_sms[device] = torch.cuda.get_device_properties(device).multi_processor_count if cuda else CPU_NUM_SMS
+        return choose_num_splits(batch_size, num_kv_heads, self.metadata.max_seq_len, self._num_sms[device])

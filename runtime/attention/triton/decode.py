@@ -1,0 +1,177 @@
+"""Split-KV ("flash-decoding") decode attention with grouped-query heads over the paged KV pool.
+
+Stage 1, grid (batch, kv_head, split): one program takes every query head of one KV-head group (so a
+K/V tile is loaded once per group, and the group is padded to >= 16 rows for tl.dot), walks its
+slice of the request's KV slots through kv_indptr / kv_indices, and writes a partial result: the
+softmax-weighted V and the log-sum-exp of its scores, in float32.
+Stage 2, grid (batch, head): merges the splits with their log-sum-exps.
+
+Slices of one request (seq_len tokens, num_splits programs, tiles of BLOCK_N):
+
+    | split 0: split_len | split 1: split_len | ... | last: the rest | empty splits (lse = -inf) |
+    split_len = ceil(ceil(seq_len / num_splits) / BLOCK_N) * BLOCK_N
+
+Scores are kept in log2 units (scaled by log2(e)) so the kernels use exp2/log2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2_E = 1.4426950408889634
+MIN_DOT_ROWS = 16  # tl.dot needs at least 16 rows on the tensor cores
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Launch shape of stage 1 (the benchmark sweeps these)."""
+
+    block_n: int = 64  # KV tokens per tile
+    num_warps: int = 4
+    num_stages: int = 2  # software-pipelining depth of the KV loop (ignored by the interpreter)
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr, k_buffer_ptr, v_buffer_ptr, kv_indptr_ptr, kv_indices_ptr, mid_o_ptr, mid_lse_ptr,
+    scale_log2,
+    stride_q_b, stride_q_h, stride_buffer_s, stride_buffer_h,
+    stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    batch = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    num_splits = tl.num_programs(2)
+    kv_start = tl.load(kv_indptr_ptr + batch)
+    seq_len = tl.load(kv_indptr_ptr + batch + 1) - kv_start
+    split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
+    lo = split * split_len
+    hi = tl.minimum(lo + split_len, seq_len)
+
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    heads = kv_head * GROUP + offs_h
+    mask_h = offs_h < GROUP
+    mask_d = offs_d < HEAD_DIM
+    # q: [BLOCK_H, BLOCK_D], the group's query heads (padding rows are zero)
+    q = tl.load(
+        q_ptr + batch * stride_q_b + heads[:, None] * stride_q_h + offs_d[None, :],
+        mask=mask_h[:, None] & mask_d[None, :], other=0.0,
+    )
+    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    kv_head_offset = kv_head * stride_buffer_h
+    for start in range(lo, hi, BLOCK_N):
+        n = start + offs_n
+        mask_n = n < hi
+        slots = tl.load(kv_indices_ptr + kv_start + n, mask=mask_n, other=0).to(tl.int64)
+        kv_offsets = slots[:, None] * stride_buffer_s + kv_head_offset + offs_d[None, :]
+        kv_mask = mask_n[:, None] & mask_d[None, :]
+        # k, v: [BLOCK_N, BLOCK_D] gathered through the slot table
+        k = tl.load(k_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0).to(q.dtype)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        scores = tl.where(mask_n[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(scores - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0).to(q.dtype)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    # An empty split (lo >= hi) leaves l_i == 0 and m_i == -inf: it stores o = 0, lse = -inf.
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    lse = m_i + tl.log2(l_safe)
+    # mid_o: [B, H, num_splits, BLOCK_D]; mid_lse: [B, H, num_splits]
+    mid_row = batch * stride_mid_b + heads * stride_mid_h + split * BLOCK_D
+    tl.store(mid_o_ptr + mid_row[:, None] + offs_d[None, :], acc / l_safe[:, None], mask=mask_h[:, None])
+    tl.store(mid_lse_ptr + batch * stride_lse_b + heads * stride_lse_h + split, lse, mask=mask_h)
+
+
+@triton.jit
+def _decode_merge_kernel(
+    mid_o_ptr, mid_lse_ptr, o_ptr, num_splits,
+    stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h, stride_o_b, stride_o_h,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    batch = tl.program_id(0)
+    head = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    lse = tl.load(mid_lse_ptr + batch * stride_lse_b + head * stride_lse_h + offs_s, mask=offs_s < num_splits, other=float("-inf"))
+    valid = lse > float("-inf")
+    m = tl.max(lse, 0)
+    m = tl.where(m > float("-inf"), m, 0.0)  # all splits empty (seq_len 0): weights 0, output 0
+    weights = tl.where(valid, tl.exp2(lse - m), 0.0)
+    # parts: [BLOCK_S, BLOCK_D] the splits' normalised outputs
+    row = batch * stride_mid_b + head * stride_mid_h
+    parts = tl.load(mid_o_ptr + row + offs_s[:, None] * BLOCK_D + offs_d[None, :], mask=valid[:, None], other=0.0)
+    total = tl.maximum(tl.sum(weights, 0), 1e-30)
+    out = tl.sum(parts * weights[:, None], 0) / total
+    tl.store(o_ptr + batch * stride_o_b + head * stride_o_h + offs_d, out.to(o_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
+
+
+def choose_num_splits(
+    batch_size: int, num_kv_heads: int, max_seq_len: int, num_sms: int,
+    programs_per_sm: float = 2.0, min_split_len: int = 256, max_splits: int = 64,
+) -> int:
+    """Enough splits that batch × kv_heads × splits fills the GPU about `programs_per_sm` times over,
+    but no split shorter than `min_split_len` tokens (the merge would cost more than it wins)."""
+    programs = max(1, batch_size * num_kv_heads)
+    wanted = math.ceil(programs_per_sm * num_sms / programs)
+    useful = math.ceil(max(1, max_seq_len) / min_split_len)
+    return max(1, min(wanted, useful, max_splits))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs get exact products (tests compare at 1e-4); half types use the tensor cores.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def decode_attention(
+    q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+    kv_indptr: torch.Tensor, kv_indices: torch.Tensor, scaling: float, num_splits: int,
+    out: torch.Tensor | None = None, config: DecodeConfig = DecodeConfig(),
+) -> torch.Tensor:
+    """Attention of one new token per request over its whole KV.
+
+    q: [B, H, D]; k_buffer, v_buffer: [num_slots, KvH, D] (same strides); kv_indptr: [B+1] int32;
+    kv_indices: [kv_indptr[-1]] int32 slots, request after request → out [B, H, D] in q's dtype.
+    H must be a multiple of KvH; num_splits >= 1 slices each request's KV (see module docstring).
+    """
+    batch_size, num_heads, head_dim = q.shape
+    num_kv_heads = k_buffer.shape[1]
+    assert num_heads % num_kv_heads == 0 and q.stride(-1) == 1 and k_buffer.stride() == v_buffer.stride()
+    group = num_heads // num_kv_heads
+    block_d = triton.next_power_of_2(head_dim)
+    out = torch.empty_like(q) if out is None else out
+    if batch_size == 0:
+        return out
+    # partial results of stage 1, rows padded to BLOCK_D
+    mid_o = torch.empty((batch_size, num_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
+    mid_lse = torch.empty((batch_size, num_heads, num_splits), dtype=torch.float32, device=q.device)
+    mid_strides = (mid_o.stride(0), mid_o.stride(1), mid_lse.stride(0), mid_lse.stride(1))
+    _decode_split_kernel[(batch_size, num_kv_heads, num_splits)](
+        q, k_buffer, v_buffer, kv_indptr, kv_indices, mid_o, mid_lse,
+        scaling * LOG2_E,
+        q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1),
+        *mid_strides,
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_H=max(MIN_DOT_ROWS, triton.next_power_of_2(group)),
+        BLOCK_D=block_d, BLOCK_N=config.block_n, DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    _decode_merge_kernel[(batch_size, num_heads)](
+        mid_o, mid_lse, out, num_splits,
+        *mid_strides, out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(num_splits),
+    )
+    return out

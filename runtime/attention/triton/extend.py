@@ -1,0 +1,123 @@
+"""Extend (prefill) attention over the paged KV pool, after the step's K/V has been stored.
+
+Once kv_store has written the new tokens, all of a request's KV [0, seq_len) is in the pool, so one
+kernel reads it through kv_indptr / kv_indices and applies a causal mask shifted by the prefix:
+
+    keys:    | cached prefix (prefix_len) | new tokens (extend_len) |
+    query i (0 <= i < extend_len) sees keys [0, prefix_len + i]
+
+Grid (request, head, block of BLOCK_M new tokens); blocks past a request's extend_len exit at once.
+The KV loop stops at the last key the block's final query can see, and scores use exp2 (log2 units).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from runtime.attention.triton.decode import LOG2_E, dot_precision
+
+
+@dataclass(frozen=True)
+class ExtendConfig:
+    """Launch shape of the extend kernel."""
+
+    block_m: int = 64  # new tokens per program
+    block_n: int = 64  # KV tokens per tile
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+@triton.jit
+def _extend_kernel(
+    q_ptr, o_ptr, k_buffer_ptr, v_buffer_ptr, qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr,
+    scale_log2,
+    stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_buffer_s, stride_buffer_h,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    request = tl.program_id(0)
+    head = tl.program_id(1)
+    block = tl.program_id(2)
+    q_start = tl.load(qo_indptr_ptr + request)
+    extend_len = tl.load(qo_indptr_ptr + request + 1) - q_start
+    if block * BLOCK_M >= extend_len:
+        return
+    kv_start = tl.load(kv_indptr_ptr + request)
+    seq_len = tl.load(kv_indptr_ptr + request + 1) - kv_start
+    prefix_len = seq_len - extend_len
+
+    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)  # index among the request's new tokens
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < extend_len
+    mask_d = offs_d < HEAD_DIM
+    tokens = (q_start + offs_m).to(tl.int64)
+    # q: [BLOCK_M, BLOCK_D]
+    q = tl.load(
+        q_ptr + tokens[:, None] * stride_q_t + head * stride_q_h + offs_d[None, :],
+        mask=mask_m[:, None] & mask_d[None, :], other=0.0,
+    )
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    kv_head_offset = (head // GROUP) * stride_buffer_h
+    last_visible = prefix_len + offs_m  # [BLOCK_M] the last key position each query sees
+    hi = tl.minimum(seq_len, prefix_len + (block + 1) * BLOCK_M)
+    for start in range(0, hi, BLOCK_N):
+        n = start + offs_n
+        mask_n = n < hi
+        slots = tl.load(kv_indices_ptr + kv_start + n, mask=mask_n, other=0).to(tl.int64)
+        kv_offsets = slots[:, None] * stride_buffer_s + kv_head_offset + offs_d[None, :]
+        kv_mask = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(k_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0).to(q.dtype)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        # NOTE: key 0 is visible to every row (padding rows too), so m_i is finite after tile 0.
+        visible = mask_n[None, :] & (n[None, :] <= last_visible[:, None])
+        scores = tl.where(visible, scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(scores - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0).to(q.dtype)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    out = acc / l_i[:, None]
+    tl.store(
+        o_ptr + tokens[:, None] * stride_o_t + head * stride_o_h + offs_d[None, :],
+        out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :],
+    )
+
+
+def extend_attention(
+    q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+    qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, kv_indices: torch.Tensor,
+    scaling: float, max_extend_len: int, out: torch.Tensor | None = None, config: ExtendConfig = ExtendConfig(),
+) -> torch.Tensor:
+    """Causal attention of each request's new tokens over its prefix and themselves.
+
+    q: [T, H, D] (request after request, offsets qo_indptr [B+1] int32); the pool already holds the
+    new tokens' K/V; kv_indptr [B+1] / kv_indices: each request's slots for positions [0, seq_len);
+    max_extend_len: a host-side bound on qo_indptr's gaps (sizes the grid) → out [T, H, D].
+    """
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = k_buffer.shape[1]
+    assert num_heads % num_kv_heads == 0 and q.stride(-1) == 1 and k_buffer.stride() == v_buffer.stride()
+    out = torch.empty_like(q) if out is None else out
+    batch_size = qo_indptr.shape[0] - 1
+    if num_tokens == 0 or batch_size == 0 or max_extend_len == 0:
+        return out
+    grid = (batch_size, num_heads, triton.cdiv(max_extend_len, config.block_m))
+    _extend_kernel[grid](
+        q, out, k_buffer, v_buffer, qo_indptr, kv_indptr, kv_indices,
+        scaling * LOG2_E,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_buffer.stride(0), k_buffer.stride(1),
+        GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        BLOCK_D=triton.next_power_of_2(head_dim), DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return out

@@ -1,0 +1,268 @@
+"""Our Triton attention kernels against the torch-native reference on identical pools and batches.
+
+On CPU the kernels run in Triton's interpreter (small shapes); with CUDA they are compiled, and the
+`gpu` tests add real model shapes.
+"""
+
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    # NOTE: must be set before the kernels are decorated (i.e. before our modules are imported).
+    os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton")
+
+import importlib  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+for _name in ("kv_store", "decode", "extend", "backend"):
+    # A module imported earlier without the interpreter holds compiled-only kernels: rebuild it.
+    if not HAS_CUDA and f"runtime.attention.triton.{_name}" in sys.modules:
+        importlib.reload(sys.modules[f"runtime.attention.triton.{_name}"])
+
+from runtime.attention.base import AttentionLayer, build_kv_indices, create_attention_backend  # noqa: E402
+from runtime.attention.torch_native import TorchNativeAttention  # noqa: E402
+from runtime.attention.triton.backend import TritonAttention, gather_kv_indices  # noqa: E402
+from runtime.attention.triton.decode import DecodeConfig, choose_num_splits  # noqa: E402
+from runtime.attention.triton.extend import ExtendConfig  # noqa: E402
+from runtime.attention.triton.kv_store import store_kv  # noqa: E402
+from runtime.cache.pool import KVPool, ReqToTokenPool  # noqa: E402
+from runtime.forward_batch import ForwardBatch, ForwardMode  # noqa: E402
+
+DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
+LAYER_ID = 1  # not layer 0, so a kernel that ignores layer_id reads the wrong buffers
+# Small tiles on CPU so that short sequences still cross several KV tiles and query blocks.
+SMALL_DECODE = DecodeConfig(block_n=16)
+SMALL_EXTEND = ExtendConfig(block_m=16, block_n=16)
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+gpu = pytest.mark.gpu
+
+
+def make_batch(prefix_lens, extend_lens, num_kv_heads, head_dim, dtype, scattered=True, seed=0):
+    """A pool full of random K/V, one req_to_token row per request, and a ForwardBatch for the step
+    (a decode batch when every request adds one token). Returns the batch and the random generator."""
+    gen = torch.Generator().manual_seed(seed)
+    seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
+    pool_size = sum(seq_lens) + 37  # room for slots nobody owns
+    pool = KVPool(pool_size, 2, num_kv_heads, head_dim, dtype, DEVICE)
+    for buffer in pool.k_buffers + pool.v_buffers:
+        buffer.copy_(torch.randn(buffer.shape, generator=gen))
+    table = ReqToTokenPool(len(seq_lens) + 3, max(seq_lens) + 5, DEVICE)
+    order = torch.randperm(pool_size, generator=gen) if scattered else torch.arange(pool_size)
+    slots = (order + 1).to(DEVICE)  # slot 0 is the padding slot
+    rows, new_slots, offset = [], [], 0
+    for seq_len, extend_len in zip(seq_lens, extend_lens):
+        row = table.allocate()
+        table.write(row, 0, slots[offset : offset + seq_len])
+        rows.append(row)
+        new_slots.append(slots[offset + seq_len - extend_len : offset + seq_len])
+        offset += seq_len
+    num_tokens = sum(extend_lens)
+    decode = all(e == 1 for e in extend_lens)
+    extend_fields = {} if decode else dict(
+        extend_prefix_lens=torch.tensor(prefix_lens, dtype=torch.int32, device=DEVICE),
+        extend_seq_lens=torch.tensor(extend_lens, dtype=torch.int32, device=DEVICE),
+        extend_prefix_lens_cpu=torch.tensor(prefix_lens, dtype=torch.int64),
+        extend_seq_lens_cpu=torch.tensor(extend_lens, dtype=torch.int64),
+    )
+    batch = ForwardBatch(
+        mode=ForwardMode.DECODE if decode else ForwardMode.EXTEND,
+        batch_size=len(seq_lens),
+        input_ids=torch.zeros(num_tokens, dtype=torch.int64, device=DEVICE),
+        positions=torch.cat([torch.arange(p, p + e) for p, e in zip(prefix_lens, extend_lens)]).to(DEVICE),
+        req_pool_indices=torch.tensor(rows, dtype=torch.int64, device=DEVICE),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE),
+        out_cache_loc=torch.cat(new_slots).to(torch.int64),
+        req_to_token=table.req_to_token,
+        kv_pool=pool,
+        seq_lens_cpu=torch.tensor(seq_lens, dtype=torch.int64),
+        **extend_fields,
+    )
+    return batch, gen
+
+
+def clone_pool(pool: KVPool) -> KVPool:
+    twin = KVPool(pool.size, pool.num_layers, pool.num_kv_heads, pool.head_dim, pool.dtype, DEVICE)
+    for dst, src in zip(twin.k_buffers + twin.v_buffers, pool.k_buffers + pool.v_buffers):
+        dst.copy_(src)
+    return twin
+
+
+def run_both(batch, gen, num_heads, backend, dtype):
+    """Run one layer through torch-native and `backend` on twin pools; return outputs and pools."""
+    pool = batch.kv_pool
+    head_dim, num_kv_heads = pool.head_dim, pool.num_kv_heads
+    layer = AttentionLayer(LAYER_ID, num_heads, num_kv_heads, head_dim, scaling=head_dim**-0.5)
+    num_tokens = batch.num_tokens
+    q = torch.randn(num_tokens, num_heads, head_dim, generator=gen).to(DEVICE, dtype)
+    k = torch.randn(num_tokens, num_kv_heads, head_dim, generator=gen).to(DEVICE, dtype)
+    v = torch.randn(num_tokens, num_kv_heads, head_dim, generator=gen).to(DEVICE, dtype)
+    ours_batch = replace(batch, kv_pool=clone_pool(pool))
+    reference = TorchNativeAttention()
+    reference.prepare(batch)
+    expected = reference.forward(q, k, v, layer, batch)
+    backend.prepare(ours_batch)
+    actual = backend.forward(q, k, v, layer, ours_batch)
+    return actual, expected, ours_batch.kv_pool, pool
+
+
+def assert_close(actual, expected, dtype):
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    assert torch.isfinite(actual).all()
+    torch.testing.assert_close(actual.float(), expected.float(), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+
+
+def assert_same_pool(ours: KVPool, reference: KVPool):
+    for a, b in zip(ours.k_buffers + ours.v_buffers, reference.k_buffers + reference.v_buffers):
+        assert torch.equal(a, b)
+
+
+def decode_batch(seq_lens, num_kv_heads, head_dim, dtype, **kwargs):
+    return make_batch([n - 1 for n in seq_lens], [1] * len(seq_lens), num_kv_heads, head_dim, dtype, **kwargs)
+
+
+# ---- metadata and split planning -------------------------------------------------------------
+
+
+def test_backend_is_registered_and_ignores_unknown_kwargs():
+    backend = create_attention_backend("triton", device=DEVICE, num_heads=4, some_future_option=True)
+    assert isinstance(backend, TritonAttention)
+
+
+def test_kv_indices_are_every_request_slots_in_sequence_order():
+    batch, _ = make_batch([0, 5, 30], [7, 3, 1], num_kv_heads=2, head_dim=16, dtype=torch.float32)
+    expected_indptr, expected_indices = build_kv_indices(batch)
+    kv_indptr, kv_indices = gather_kv_indices(batch.req_to_token, batch.req_pool_indices, batch.seq_lens, 46)
+    assert kv_indptr.dtype == kv_indices.dtype == torch.int32
+    assert kv_indptr.tolist() == expected_indptr.tolist() == [0, 7, 15, 46]
+    assert kv_indices.tolist() == expected_indices.tolist()
+
+
+def test_split_count_fills_the_gpu_but_keeps_splits_long():
+    # 2 requests × 8 KV heads = 16 programs; 132 SMs want ~17 splits, and 8k tokens allow them
+    assert choose_num_splits(2, 8, 8192, num_sms=132) == 17
+    # a short context caps the splits at one per min_split_len tokens
+    assert choose_num_splits(2, 8, 600, num_sms=132, min_split_len=256) == 3
+    # a batch that already fills the GPU is not split
+    assert choose_num_splits(64, 8, 4096, num_sms=132) == 1
+    assert choose_num_splits(1, 1, 1 << 20, num_sms=132, max_splits=64) == 64
+    assert choose_num_splits(1, 1, 0, num_sms=132) == 1
+
+
+# ---- storing K/V ------------------------------------------------------------------------------
+
+
+def test_store_writes_each_token_to_its_slot_and_nothing_else():
+    gen = torch.Generator().manual_seed(3)
+    k_buffer = torch.randn(50, 2, 16, generator=gen).to(DEVICE, torch.float16)
+    v_buffer = torch.randn(50, 2, 16, generator=gen).to(DEVICE, torch.float16)
+    # k and v as views of a fused qkv projection: row stride larger than num_kv_heads * head_dim
+    qkv = torch.randn(6, 3 * 32, generator=gen).to(DEVICE)
+    k, v = qkv[:, 32:64].view(6, 2, 16), qkv[:, 64:].view(6, 2, 16)
+    loc = torch.tensor([9, 2, 44, 17, 30, 1], device=DEVICE)
+    expected_k, expected_v = k_buffer.clone(), v_buffer.clone()
+    expected_k[loc], expected_v[loc] = k.half(), v.half()
+    store_kv(k_buffer, v_buffer, loc, k, v)
+    assert torch.equal(k_buffer, expected_k) and torch.equal(v_buffer, expected_v)
+
+
+# ---- decode -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(4, 2, 32), (4, 4, 16), (8, 1, 64)])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_decode_matches_reference_with_grouped_heads(num_heads, num_kv_heads, head_dim, num_splits):
+    batch, gen = decode_batch([1, 17, 40], num_kv_heads, head_dim, torch.float32)
+    backend = TritonAttention(num_splits=num_splits, decode_config=SMALL_DECODE)
+    actual, expected, ours, reference = run_both(batch, gen, num_heads, backend, torch.float32)
+    assert_close(actual, expected, torch.float32)
+    assert_same_pool(ours, reference)
+
+
+def test_decode_with_more_splits_than_kv_tiles_leaves_no_gaps():
+    # 8 splits of a 16-token tile: most splits of the short requests are empty and must not count
+    batch, gen = decode_batch([2, 16, 33, 9], 2, 32, torch.float32, scattered=False)
+    backend = TritonAttention(num_splits=8, decode_config=SMALL_DECODE)
+    actual, expected, _, _ = run_both(batch, gen, 4, backend, torch.float32)
+    assert_close(actual, expected, torch.float32)
+
+
+def test_decode_with_automatic_split_count():
+    batch, gen = decode_batch([5, 40, 28], 2, 32, torch.float32)
+    actual, expected, _, _ = run_both(batch, gen, 8, TritonAttention(decode_config=SMALL_DECODE), torch.float32)
+    assert_close(actual, expected, torch.float32)
+
+
+def test_decode_in_float16():
+    batch, gen = decode_batch([3, 40, 21], 2, 32, torch.float16)
+    backend = TritonAttention(num_splits=2, decode_config=SMALL_DECODE)
+    actual, expected, _, _ = run_both(batch, gen, 4, backend, torch.float16)
+    assert_close(actual, expected, torch.float16)
+
+
+# ---- extend -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(4, 2, 32), (4, 4, 16), (8, 1, 64)])
+def test_extend_matches_reference_with_and_without_cached_prefix(num_heads, num_kv_heads, head_dim):
+    # prefix 0 (fresh prompt), a prefix longer than a tile, and a request crossing query blocks
+    batch, gen = make_batch([0, 21, 3], [19, 5, 37], num_kv_heads, head_dim, torch.float32)
+    backend = TritonAttention(extend_config=SMALL_EXTEND)
+    actual, expected, ours, reference = run_both(batch, gen, num_heads, backend, torch.float32)
+    assert_close(actual, expected, torch.float32)
+    assert_same_pool(ours, reference)
+
+
+def test_extend_with_contiguous_slots_and_single_token_requests():
+    batch, gen = make_batch([0, 40, 12, 0], [1, 1, 16, 2], 2, 32, torch.float32, scattered=False)
+    actual, expected, _, _ = run_both(batch, gen, 4, TritonAttention(extend_config=SMALL_EXTEND), torch.float32)
+    assert_close(actual, expected, torch.float32)
+
+
+def test_extend_with_default_tiles():
+    batch, gen = make_batch([0, 9], [33, 24], 2, 32, torch.float32)
+    actual, expected, _, _ = run_both(batch, gen, 4, TritonAttention(), torch.float32)
+    assert_close(actual, expected, torch.float32)
+
+
+def test_extend_in_float16():
+    batch, gen = make_batch([0, 17], [20, 6], 2, 32, torch.float16)
+    actual, expected, _, _ = run_both(batch, gen, 8, TritonAttention(extend_config=SMALL_EXTEND), torch.float16)
+    assert_close(actual, expected, torch.float16)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="Triton's CPU interpreter computes tl.dot on bfloat16 wrongly")
+@pytest.mark.parametrize("decode", [True, False])
+def test_bfloat16(decode):
+    if decode:
+        batch, gen = decode_batch([3, 40, 21], 2, 64, torch.bfloat16)
+    else:
+        batch, gen = make_batch([0, 17], [20, 6], 2, 64, torch.bfloat16)
+    actual, expected, _, _ = run_both(batch, gen, 8, TritonAttention(num_splits=2), torch.bfloat16)
+    assert_close(actual, expected, torch.bfloat16)
+
+
+# ---- real shapes, GPU only --------------------------------------------------------------------
+
+
+@gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("num_splits", [None, 1, 7])
+def test_decode_at_model_shapes(dtype, num_splits):
+    batch, gen = decode_batch([1, 100, 1000, 2048, 4097, 513, 64, 3000], 8, 128, dtype)
+    actual, expected, _, _ = run_both(batch, gen, 32, TritonAttention(num_splits=num_splits), dtype)
+    assert_close(actual, expected, dtype)
+
+
+@gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_extend_at_model_shapes(dtype):
+    batch, gen = make_batch([0, 1000, 64, 2047], [700, 300, 1, 129], 8, 128, dtype)
+    actual, expected, _, _ = run_both(batch, gen, 32, TritonAttention(), dtype)
+    assert_close(actual, expected, dtype)
