@@ -332,7 +332,9 @@ class BruteForceCache:
                 break
             victim = min(leaves, key=self.time.__getitem__)
             assert [self.time[e] for e in leaves].count(self.time[victim]) == 1, "LRU tie"
-            start = max((len(e) for e in self.node_ends if len(e) < len(victim) and victim[: len(e)] == e), default=0)
+            # the victim node starts after the nearest node end above it (or at the root)
+            above = [len(e) for e in self.node_ends if len(e) < len(victim) and victim[: len(e)] == e]
+            start = max(above, default=0)
             for j in range(start + 1, len(victim) + 1):
                 prefix = victim[:j]
                 freed.append(self.slot.pop(prefix))
