@@ -1,0 +1,104 @@
+"""Building blocks of Llama-family models, in plain torch (fused GPU kernels replace them later).
+
+Parameters are allocated with `torch.empty` and never initialised here: the loader builds the model
+directly on its device in its dtype and then fills every parameter (from a checkpoint, or randomly for
+`load_format="dummy"`), so an 8B model costs no throw-away CPU initialisation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF's RMSNorm exactly: normalise in float32, cast back to x's dtype, then scale by weight."""
+    x_float = x.float()
+    variance = x_float.pow(2).mean(-1, keepdim=True)
+    return weight * (x_float * torch.rsqrt(variance + eps)).to(x.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-norm step between sublayers: new_residual = x + residual (in the model dtype, as HF
+    adds), returns (rms_norm(new_residual), new_residual). One call so a fused kernel can take over."""
+    new_residual = x + residual
+    return rms_norm(new_residual, weight, eps), new_residual
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+    def forward_with_residual(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return add_rms_norm(x, residual, self.weight, self.eps)
+
+
+class Linear(nn.Module):
+    """y = x @ weight.T (+ bias); weight [output_size, input_size], HF's layout."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False):
+        super().__init__()
+        self.input_size = input_size
+        self.output_size = output_size
+        self.weight = nn.Parameter(torch.empty(output_size, input_size))
+        self.bias = nn.Parameter(torch.empty(output_size)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class MergedLinear(Linear):
+    """Several checkpoint linears sharing one input, stacked along the output dimension so they run as
+    one matmul. `output_sizes` maps each checkpoint name (e.g. "q_proj") to its rows, in order; the
+    loader finds the checkpoint tensor `<parent>.<name>.weight` and copies it into its rows."""
+
+    def __init__(self, input_size: int, output_sizes: dict[str, int], bias: bool = False):
+        super().__init__(input_size, sum(output_sizes.values()), bias)
+        self.output_sizes = dict(output_sizes)
+
+    @property
+    def shard_names(self) -> tuple[str, ...]:
+        return tuple(self.output_sizes)
+
+    def shard_range(self, shard_name: str) -> tuple[int, int]:
+        """(first row, number of rows) of one checkpoint linear inside the merged weight/bias."""
+        start = 0
+        for name, size in self.output_sizes.items():
+            if name == shard_name:
+                return start, size
+            start += size
+        raise KeyError(f"{shard_name!r} is not one of {self.shard_names}")
+
+    def split(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Undo the stacking on an output y [..., output_size] → one view per shard."""
+        return y.split(list(self.output_sizes.values()), dim=-1)
+
+
+class Embedding(nn.Module):
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
+class GatedMLP(nn.Module):
+    """down(silu(gate(x)) * up(x)), with gate and up as one merged matmul."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_up_proj = MergedLinear(hidden_size, {"gate_proj": intermediate_size, "up_proj": intermediate_size})
+        self.down_proj = Linear(intermediate_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj.split(self.gate_up_proj(x))  # [T, 2I] → 2 × [T, I]
+        return self.down_proj(F.silu(gate) * up)  # [T, hidden]

@@ -1,0 +1,128 @@
+"""The Llama family (Llama 2/3/3.1, Mistral, Qwen2, Qwen3) as one model over a paged KV cache.
+
+The variants differ only in what `ModelConfig` records: q/k/v and o_proj biases (Qwen2, Llama with
+attention_bias), per-head q/k RMSNorm before RoPE (Qwen3), RoPE scaling (Llama-3.1), tied embeddings.
+Parameter names mirror HF's, except q/k/v → `qkv_proj` and gate/up → `gate_up_proj`, which the loader
+fills from the separate checkpoint tensors.
+
+Shapes: T = tokens in the step, H = heads, KvH = KV heads, D = head_dim, I = intermediate size.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from runtime.attention.base import AttentionLayer, BaseAttentionBackend
+from runtime.forward_batch import ForwardBatch
+from runtime.model.config import ModelConfig
+from runtime.model.layers import Embedding, GatedMLP, Linear, MergedLinear, RMSNorm
+from runtime.model.registry import register_model
+from runtime.model.rotary import RotaryEmbedding, apply_rotary
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int, attn_backend: BaseAttentionBackend):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.qkv_proj = MergedLinear(
+            config.hidden_size, {"q_proj": q_size, "k_proj": kv_size, "v_proj": kv_size}, bias=config.attention_bias
+        )
+        self.o_proj = Linear(q_size, config.hidden_size, bias=config.attention_output_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.qk_norm = config.qk_norm
+        self.layer = AttentionLayer(layer_id, self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5)
+        self.attn_backend = attn_backend
+
+    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        num_tokens = hidden.shape[0]
+        q, k, v = self.qkv_proj.split(self.qkv_proj(hidden))  # [T, (H + 2 KvH) D] → [T, H D], 2 × [T, KvH D]
+        q = q.view(num_tokens, self.num_heads, self.head_dim)  # [T, H, D]
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, KvH, D]
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, KvH, D]
+        if self.qk_norm:  # Qwen3 normalises each head before rotating, as HF does
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = self.attn_backend.forward(q, k, v, self.layer, batch)  # [T, H, D]
+        return self.o_proj(out.reshape(num_tokens, -1))  # [T, hidden]
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int, attn_backend: BaseAttentionBackend):
+        super().__init__()
+        self.self_attn = LlamaAttention(config, layer_id, attn_backend)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        residual: Optional[torch.Tensor],
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        batch: ForwardBatch,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (this layer's MLP output, the residual stream before it): the next layer (or the
+        final norm) adds them, so each add is fused with the norm that follows it."""
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm.forward_with_residual(hidden, residual)
+        hidden = self.self_attn(hidden, cos, sin, batch)
+        hidden, residual = self.post_attention_layernorm.forward_with_residual(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig, attn_backend: BaseAttentionBackend):
+        super().__init__()
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        self.rotary_emb = RotaryEmbedding(
+            config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
+        )
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, attn_backend) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)  # [T] → [T, hidden]
+        cos, sin = self.rotary_emb.lookup(positions)  # 2 × [T, D/2] float32, shared by all layers
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(hidden, residual, cos, sin, batch)
+        hidden, _ = self.norm.forward_with_residual(hidden, residual)
+        return hidden
+
+
+@register_model("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+class LlamaForCausalLM(nn.Module):
+    """A decoder over the paged KV pool. Parameters are uninitialised until the loader fills them
+    (see runtime/model/loader.py); build it through `load_model`."""
+
+    def __init__(self, config: ModelConfig, attn_backend: BaseAttentionBackend):
+        super().__init__()
+        self.config = config
+        self.attn_backend = attn_backend
+        self.model = LlamaModel(config, attn_backend)
+        if config.tie_word_embeddings:
+            # NOTE: the same module, so the same Parameter: named_parameters() lists it once, as
+            # model.embed_tokens.weight, and the loader fills it once.
+            self.lm_head = self.model.embed_tokens
+        else:
+            self.lm_head = Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """input_ids, positions [T] → final-normed hidden states [T, hidden].
+
+        Writes this step's K/V into batch.kv_pool. The caller runs `attn_backend.prepare(batch)` first,
+        once per step (the model does not, so CUDA-graph replay can keep host planning outside)."""
+        return self.model(input_ids, positions, batch)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden] → logits [N, vocab] float32."""
+        return torch.nn.functional.linear(hidden, self.lm_head.weight).float()

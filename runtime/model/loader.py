@@ -1,0 +1,179 @@
+"""`load_model`: a local HF checkpoint directory → our model, on its device, in its dtype.
+
+The model is built directly on the target device in the target dtype with uninitialised parameters,
+then every parameter is filled: from *.safetensors, streamed tensor by tensor, or with seeded random
+values (`load_format="dummy"`, for benchmarks at real shapes without real weights).
+
+Loading is strict: the checkpoint's tensor names are checked against the model's before any data is
+read; a tensor with no home or a parameter with no tensor is an error naming them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+from typing import Iterator, Optional, Union
+
+import torch
+from torch import nn
+
+from runtime.attention.base import BaseAttentionBackend, create_attention_backend
+from runtime.model.config import ModelConfig
+from runtime.model.layers import MergedLinear, RMSNorm
+from runtime.model.registry import get_model_class
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LOAD_FORMATS = ("auto", "safetensors", "dummy")
+DUMMY_STD = 0.02
+
+# Checkpoint tensors that carry no weights: RoPE tables some exporters saved as buffers.
+_HARMLESS_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
+
+
+def load_model(
+    model_path: str,
+    *,
+    dtype: str = "auto",
+    device: Union[str, torch.device] = "cpu",
+    load_format: str = "auto",
+    attn_backend: Union[str, BaseAttentionBackend] = "torch_native",
+    seed: int = 0,
+) -> tuple[nn.Module, ModelConfig]:
+    """Build the registered model for `model_path`'s architecture and fill its weights.
+
+    dtype: "auto" takes the config's torch_dtype (float32 if it has none). attn_backend: a backend
+    object or a registered backend name. Returns (model in eval mode without grads, its ModelConfig)."""
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format must be one of {list(LOAD_FORMATS)}, got {load_format!r}")
+    config = ModelConfig.from_pretrained(model_path)
+    torch_dtype = resolve_dtype(dtype, config)
+    if isinstance(attn_backend, str):
+        attn_backend = create_attention_backend(attn_backend)
+    model_cls = get_model_class(config.architecture)
+    device = torch.device(device)
+    with _default_dtype(torch_dtype), device:
+        model = model_cls(config, attn_backend)
+    model.requires_grad_(False)
+    with torch.no_grad():
+        if load_format == "dummy":
+            fill_dummy_weights(model, seed)
+        else:
+            load_safetensors(model, model_path)
+    return model.eval(), config
+
+
+def resolve_dtype(dtype: str, config: ModelConfig) -> torch.dtype:
+    name = (config.torch_dtype or "float32") if dtype == "auto" else dtype
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {list(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def fill_dummy_weights(model: nn.Module, seed: int) -> None:
+    """Seeded normal(0, DUMMY_STD) in place on the parameters' device; norm scales are 1 so the
+    activations keep a realistic size through many layers."""
+    generators: dict[torch.device, torch.Generator] = {}
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if isinstance(module, RMSNorm):
+                param.fill_(1.0)
+                continue
+            if param.device not in generators:
+                generators[param.device] = torch.Generator(device=param.device).manual_seed(seed)
+            param.normal_(0.0, DUMMY_STD, generator=generators[param.device])
+
+
+def checkpoint_files(model_path: str) -> list[str]:
+    """The *.safetensors files of a checkpoint: those named by model.safetensors.index.json if it
+    exists (sharded), else every *.safetensors in the directory."""
+    index_file = os.path.join(model_path, "model.safetensors.index.json")
+    if os.path.isfile(index_file):
+        with open(index_file, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        return [os.path.join(model_path, name) for name in sorted(set(weight_map.values()))]
+    files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {model_path}")
+    return files
+
+
+def checkpoint_targets(model: nn.Module) -> dict[str, tuple[nn.Parameter, Optional[slice]]]:
+    """Checkpoint tensor name → (our parameter, rows of it, None = all). A MergedLinear answers for
+    each of its shards: `…self_attn.q_proj.weight` → rows of `…self_attn.qkv_proj.weight`."""
+    targets: dict[str, tuple[nn.Parameter, Optional[slice]]] = {}
+    for module_name, module in model.named_modules():  # tied modules appear once
+        for param_name, param in module.named_parameters(recurse=False):
+            if not isinstance(module, MergedLinear):
+                targets[_join(module_name, param_name)] = (param, None)
+                continue
+            parent = module_name.rpartition(".")[0]
+            for shard in module.shard_names:
+                start, size = module.shard_range(shard)
+                targets[_join(_join(parent, shard), param_name)] = (param, slice(start, start + size))
+    return targets
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def load_safetensors(model: nn.Module, model_path: str) -> None:
+    """Fill every parameter from the checkpoint; ValueError (before reading any data) if names differ."""
+    from safetensors import safe_open
+
+    files = checkpoint_files(model_path)
+    targets = checkpoint_targets(model)
+    names_by_file = {}
+    for path in files:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            names_by_file[path] = list(f.keys())
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    _check_names(model_path, targets, [n for names in names_by_file.values() for n in names], tied)
+    for path, names in names_by_file.items():
+        with safe_open(path, framework="pt", device="cpu") as f:
+            for name in names:
+                if name in targets:
+                    _copy_tensor(name, f.get_tensor(name), *targets[name])
+
+
+def _check_names(model_path: str, targets: dict, names: list[str], tied: bool) -> None:
+    harmless = _HARMLESS_SUFFIXES + (("lm_head.weight",) if tied else ())
+    unexpected = [n for n in names if n not in targets and not n.endswith(harmless)]
+    missing = sorted(set(targets) - set(names))
+    if not unexpected and not missing:
+        return
+    problems = []
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected checkpoint tensor(s): {_first_few(unexpected)}")
+    if missing:
+        hint = ""
+        if "lm_head.weight" in missing:
+            hint = " (tie_word_embeddings is false, so the checkpoint must hold lm_head.weight)"
+        problems.append(f"{len(missing)} parameter(s) missing from the checkpoint: {_first_few(missing)}{hint}")
+    raise ValueError(f"checkpoint {model_path} does not match the model: " + "; ".join(problems))
+
+
+def _first_few(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", … (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _copy_tensor(name: str, tensor: torch.Tensor, param: nn.Parameter, rows: Optional[slice]) -> None:
+    destination = param.data if rows is None else param.data[rows]
+    if destination.shape != tensor.shape:
+        raise ValueError(
+            f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model expects {tuple(destination.shape)}"
+        )
+    destination.copy_(tensor)  # casts to the parameter's dtype and moves to its device
