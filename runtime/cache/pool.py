@@ -63,15 +63,24 @@ class TokenSlotAllocator:
 
     def clear(self) -> None:
         self._free_slots = torch.arange(1, self.size + 1, dtype=torch.int64, device=self.device)
+        self._released: list[torch.Tensor] = []  # freed chunks, merged lazily (free stays O(1))
+        self._num_released = 0
+
+    def _merge(self) -> None:
+        if self._released:
+            self._free_slots = torch.cat([self._free_slots, *self._released])
+            self._released, self._num_released = [], 0
 
     @property
     def num_free(self) -> int:
-        return int(self._free_slots.numel())
+        return int(self._free_slots.numel()) + self._num_released
 
     def can_allocate(self, n: int) -> bool:
-        return n <= self._free_slots.numel()
+        return n <= self.num_free
 
     def allocate(self, n: int) -> torch.Tensor:
+        if n > self._free_slots.numel():
+            self._merge()
         if n > self._free_slots.numel():
             raise RuntimeError(f"asked for {n} KV slots, {self._free_slots.numel()} free")
         slots, self._free_slots = self._free_slots[:n], self._free_slots[n:]
@@ -79,12 +88,15 @@ class TokenSlotAllocator:
 
     def free(self, slots: torch.Tensor) -> None:
         if slots.numel():
-            self._free_slots = torch.cat([self._free_slots, slots.to(self._free_slots)])
+            self._released.append(slots.to(device=self.device, dtype=torch.int64))
+            self._num_released += int(slots.numel())
 
     def free_slot_set(self) -> set[int]:
+        self._merge()
         return set(self._free_slots.tolist())
 
     def check_integrity(self) -> None:
+        self._merge()
         free = self._free_slots.tolist()
         assert len(set(free)) == len(free), "a KV slot is free twice"
         assert all(1 <= s <= self.size for s in free), "a free KV slot is out of range"

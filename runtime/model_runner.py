@@ -1,0 +1,110 @@
+"""Owns the model, the KV memory and the attention backend; runs one forward pass per step."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from runtime.attention.base import create_attention_backend
+from runtime.cache.pool import KVPool, ReqToTokenPool, TokenSlotAllocator
+from runtime.config import EngineConfig
+from runtime.forward_batch import ForwardBatch
+from runtime.model.loader import load_model, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+# Rows beyond max_running_requests: the chunked request and a retracted one being re-admitted.
+_SPARE_ROWS = 4
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but CUDA is not available")
+    return torch.device(device)
+
+
+def resolve_attention_backend(name: str, device: torch.device) -> str:
+    if name != "auto":
+        if name in ("triton", "flashinfer") and device.type != "cuda":
+            # Triton runs on CPU only under TRITON_INTERPRET=1 (tests); FlashInfer never does.
+            import os
+
+            if name == "flashinfer" or os.environ.get("TRITON_INTERPRET") != "1":
+                raise ValueError(f"attention_backend={name!r} needs a CUDA device")
+        return name
+    if device.type != "cuda":
+        return "torch_native"
+    try:
+        import flashinfer  # noqa: F401
+
+        return "flashinfer"
+    except ImportError:
+        return "triton"
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, model_path: str):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.attention_backend_name = resolve_attention_backend(config.attention_backend, self.device)
+        self.attn_backend = create_attention_backend(self.attention_backend_name, device=self.device)
+        self.model, self.model_config = load_model(
+            model_path,
+            dtype=config.dtype,
+            device=self.device,
+            load_format=config.load_format,
+            attn_backend=self.attn_backend,
+            seed=config.random_seed,
+        )
+        self.dtype = resolve_dtype(config.dtype, self.model_config)
+        self.context_len = self._context_len()
+        self.vocab_size = self.model_config.vocab_size
+        self.max_total_tokens = self._pool_size()
+        mc = self.model_config
+        self.kv_pool = KVPool(self.max_total_tokens, mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
+        self.allocator = TokenSlotAllocator(self.max_total_tokens, self.device)
+        self.req_to_token_pool = ReqToTokenPool(
+            config.max_running_requests + _SPARE_ROWS, self.context_len + 1, self.device
+        )
+        logger.info(
+            "model %s on %s (%s), attention %s, KV pool %d tokens, context %d",
+            mc.architecture, self.device, self.dtype, self.attention_backend_name, self.max_total_tokens, self.context_len,
+        )
+
+    def _context_len(self) -> int:
+        model_len = self.model_config.context_length
+        if self.config.context_length is None:
+            return model_len
+        if self.config.context_length > model_len:
+            logger.warning("context_length %d exceeds the model's %d", self.config.context_length, model_len)
+        return self.config.context_length
+
+    def _pool_size(self) -> int:
+        if self.config.max_total_tokens is not None:
+            return self.config.max_total_tokens
+        mc = self.model_config
+        per_token = KVPool.bytes_per_token(mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype)
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            # what the static budget leaves after the weights already loaded (and a bit for activations)
+            budget = free - total * (1.0 - self.config.mem_fraction_static)
+        else:
+            budget = self.config.kv_cache_bytes
+        size = int(budget // per_token)
+        if size < 16:
+            raise ValueError(f"the KV budget holds only {size} tokens; raise mem_fraction_static or kv_cache_bytes")
+        return size
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        """hidden states [T, hidden] for the batch's new tokens (final norm applied)."""
+        self.attn_backend.prepare(batch)
+        return self.model(batch.input_ids, batch.positions, batch)
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] → [N, vocab] float32."""
+        return self.model.compute_logits(hidden)

@@ -1,0 +1,109 @@
+"""From logits to next tokens: penalties, grammar mask, temperature / top-k / top-p / min-p, logprobs.
+
+Sampling draws one exponential variate per vocabulary entry and takes argmax(p / noise), which is a
+sample from p. Rows of requests with a `seed` draw their noise from their own generator, so a
+seeded request gives the same tokens whatever else shares its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from runtime.request import Req
+
+
+@dataclass
+class SamplingBatch:
+    """Per-row sampling tensors for one step, built once from the batch's requests."""
+
+    temperatures: torch.Tensor  # [B, 1] float32 (greedy rows hold 1.0)
+    top_ps: torch.Tensor  # [B]
+    top_ks: torch.Tensor  # [B] int64 (vocab size where disabled)
+    min_ps: torch.Tensor  # [B]
+    greedy: torch.Tensor  # [B] bool
+    all_greedy: bool
+    needs_filter: bool
+    penalized: list[int]  # rows that need penalties applied
+    generators: list[Optional[torch.Generator]]
+
+    @classmethod
+    def from_reqs(cls, reqs: Sequence[Req], vocab_size: int, device: torch.device) -> "SamplingBatch":
+        params = [r.sampling_params for r in reqs]
+        greedy = [p.is_greedy for p in params]
+        top_ks = [p.top_k if p.top_k > 0 else vocab_size for p in params]
+        return cls(
+            temperatures=torch.tensor(
+                [[1.0 if g else p.temperature] for p, g in zip(params, greedy)], dtype=torch.float32, device=device
+            ),
+            top_ps=torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
+            top_ks=torch.tensor(top_ks, dtype=torch.int64, device=device),
+            min_ps=torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device),
+            greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
+            all_greedy=all(greedy),
+            needs_filter=any(
+                not g and (p.top_p < 1.0 or p.top_k > 0 or p.min_p > 0.0) for p, g in zip(params, greedy)
+            ),
+            penalized=[i for i, p in enumerate(params) if p.needs_penalties],
+            generators=[r.generator for r in reqs],
+        )
+
+
+def apply_penalties(logits: torch.Tensor, reqs: Sequence[Req], rows: list[int]) -> None:
+    """In place. Repetition penalty (HF's rule) over prompt + output; frequency / presence (OpenAI's
+    rule) over the output."""
+    vocab = logits.shape[-1]
+    for i in rows:
+        p = reqs[i].sampling_params
+        row = logits[i]
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(reqs[i].fill_ids)), dtype=torch.int64, device=logits.device)
+            seen = seen[seen < vocab]
+            vals = row[seen]
+            row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if (p.frequency_penalty != 0.0 or p.presence_penalty != 0.0) and reqs[i].output_ids:
+            out = torch.tensor(reqs[i].output_ids, dtype=torch.int64, device=logits.device)
+            counts = torch.bincount(out[out < vocab], minlength=vocab).to(row.dtype)
+            row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch, default_generator: torch.Generator) -> torch.Tensor:
+    """logits: [B, V] float32, already penalised and masked → next token ids [B] int64."""
+    greedy_ids = torch.argmax(logits, dim=-1)
+    if batch.all_greedy:
+        return greedy_ids
+    probs = torch.softmax(logits / batch.temperatures, dim=-1)
+    if batch.needs_filter:
+        probs = _filter(probs, batch)
+    noise = torch.empty_like(probs)
+    for i, gen in enumerate(batch.generators):
+        noise[i].exponential_(generator=gen if gen is not None else default_generator)
+    sampled = torch.argmax(probs / noise, dim=-1)
+    return torch.where(batch.greedy, greedy_ids, sampled)
+
+
+def _filter(probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    ranks = torch.arange(probs.shape[-1], device=probs.device).unsqueeze(0)
+    drop = ranks >= batch.top_ks.unsqueeze(1)
+    # top-p: drop a token once the mass before it already reaches top_p (the first always stays)
+    drop |= (sorted_p.cumsum(dim=-1) - sorted_p) >= batch.top_ps.unsqueeze(1)
+    drop |= sorted_p < (batch.min_ps * sorted_p[:, 0]).unsqueeze(1)
+    sorted_p = sorted_p.masked_fill(drop, 0.0)
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+
+
+def token_logprobs(
+    logits: torch.Tensor, token_ids: torch.Tensor, top_n: int
+) -> tuple[list[float], Optional[list[list[tuple[float, int]]]]]:
+    """Logprob of each chosen token under log_softmax(logits) (raw logits: no temperature or mask),
+    and the top_n alternatives per row when top_n > 0. logits: [N, V], token_ids: [N]."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(-1, token_ids.view(-1, 1)).view(-1).tolist()
+    if top_n <= 0:
+        return chosen, None
+    values, indices = logprobs.topk(min(top_n, logprobs.shape[-1]), dim=-1)
+    tops = [list(zip(v, i)) for v, i in zip(values.tolist(), indices.tolist())]
+    return chosen, tops

@@ -1,0 +1,112 @@
+"""The sampling side of one scheduler step: which hidden rows need logits, masks, sampling, logprobs.
+
+Kept apart from the scheduler so the step loop reads as policy, and this file as arithmetic.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from runtime.config import EngineConfig
+from runtime.request import Req
+from runtime.sampler import SamplingBatch, apply_penalties, sample, token_logprobs
+from runtime.schedule_policy import Admission
+
+
+class StepSampler:
+    def __init__(self, runner, tokenizer, config: EngineConfig):
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.generator = torch.Generator(device=runner.device).manual_seed(config.random_seed)
+
+    # ------------------------------------------------------------------ extend
+    def extend_logits(
+        self, admissions: list[Admission], hidden: torch.Tensor, prefix_lens: list[int], extend_lens: list[int]
+    ) -> Optional[tuple[list[Req], torch.Tensor]]:
+        """Record prompt logprobs for this chunk; return (requests done with their prompt, their
+        next-token logits [n, V]) — or None when every request is mid-chunk."""
+        last_rows, done = [], []
+        offset = 0
+        for a, start, n in zip(admissions, prefix_lens, extend_lens):
+            if a.req.wants_prompt_logprobs:
+                self._record_prompt_logprobs(a.req, hidden[offset : offset + n], start)
+            if a.is_last_chunk:
+                last_rows.append(offset + n - 1)
+                done.append(a.req)
+            offset += n
+        if not done:
+            return None
+        rows = torch.tensor(last_rows, dtype=torch.int64, device=hidden.device)
+        return done, self.runner.compute_logits(hidden[rows])
+
+    def _record_prompt_logprobs(self, req: Req, hidden: torch.Tensor, start: int) -> None:
+        """hidden: [n, H] for positions start..start+n-1 of this request's prompt (this chunk).
+        Entry for prompt token i is (logprob of token i given tokens < i, token i, None)."""
+        prompt = req.origin_input_ids
+        first = max(req.logprob_start_len, 0)
+        if first == 0 and start == 0:
+            req.input_token_logprobs.append((None, prompt[0], None))
+            if req.top_logprobs_num:
+                req.input_top_logprobs.append(None)
+        # logits at position p score token p + 1
+        lo = max(start, first - 1)
+        hi = min(start + hidden.shape[0], len(prompt) - 1)
+        if hi > lo:
+            logits = self.runner.compute_logits(hidden[lo - start : hi - start])
+            targets = torch.tensor(prompt[lo + 1 : hi + 1], dtype=torch.int64, device=logits.device)
+            chosen, tops = token_logprobs(logits, targets, req.top_logprobs_num)
+            req.input_token_logprobs.extend((lp, t, None) for lp, t in zip(chosen, prompt[lo + 1 : hi + 1]))
+            if tops is not None:
+                req.input_top_logprobs.extend([(lp, t, None) for lp, t in row] for row in tops)
+        if start + hidden.shape[0] >= len(prompt):
+            req.prompt_logprobs_done = True
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, reqs: list[Req], logits: torch.Tensor) -> torch.Tensor:
+        """logits: [B, V] float32 raw → next token ids [B]. Raw logits stay untouched (logprobs)."""
+        work = logits
+        batch = SamplingBatch.from_reqs(reqs, logits.shape[-1], logits.device)
+        if batch.penalized or any(r.sampling_params.min_new_tokens for r in reqs) or any(r.grammar for r in reqs):
+            work = logits.clone()
+            apply_penalties(work, reqs, batch.penalized)
+            self._mask_early_stops(work, reqs)
+            self._apply_grammars(work, reqs)
+        return sample(work, batch, self.generator)
+
+    @staticmethod
+    def _mask_early_stops(logits: torch.Tensor, reqs: list[Req]) -> None:
+        """Before min_new_tokens, EOS and stop token ids must not be chosen."""
+        for i, req in enumerate(reqs):
+            p = req.sampling_params
+            if len(req.output_ids) < p.min_new_tokens:
+                banned = set(p.stop_token_ids) | (set() if p.ignore_eos else set(req.eos_token_ids))
+                ids = [t for t in banned if t < logits.shape[-1]]
+                if ids:
+                    logits[i, ids] = float("-inf")
+
+    def _apply_grammars(self, logits: torch.Tensor, reqs: list[Req]) -> None:
+        rows = [i for i, r in enumerate(reqs) if r.grammar is not None]
+        if not rows:
+            return
+        from runtime.constrained.bitmask import allocate_token_bitmask, apply_token_bitmask_
+
+        bitmask = allocate_token_bitmask(len(reqs), logits.shape[-1], device="cpu")
+        for i in rows:
+            reqs[i].grammar.fill_mask(bitmask, i)
+        index = torch.tensor(rows, dtype=torch.int64, device=logits.device)
+        apply_token_bitmask_(logits, bitmask.to(logits.device, non_blocking=True), index)
+
+    def record_output_logprobs(self, reqs: list[Req], logits: torch.Tensor, next_ids: torch.Tensor) -> None:
+        rows = [i for i, r in enumerate(reqs) if r.return_logprob]
+        if not rows:
+            return
+        index = torch.tensor(rows, dtype=torch.int64, device=logits.device)
+        top_n = max(reqs[i].top_logprobs_num for i in rows)
+        chosen, tops = token_logprobs(logits[index], next_ids[index], top_n)
+        for k, i in enumerate(rows):
+            req = reqs[i]
+            req.output_token_logprobs.append((chosen[k], int(next_ids[i]), None))
+            if req.top_logprobs_num:
+                req.output_top_logprobs.append([(lp, t, None) for lp, t in tops[k][: req.top_logprobs_num]])
