@@ -38,7 +38,8 @@ def _qwen_window(raw: dict) -> Optional[int]:
 
 def _qwen2_rules(raw: dict) -> dict:
     # HF's Qwen2 always has q/k/v biases and never an o_proj bias.
-    return {"attention_bias": True, "attention_output_bias": False, "qk_norm": False, "sliding_window": _qwen_window(raw)}
+    window = _qwen_window(raw)
+    return {"attention_bias": True, "attention_output_bias": False, "qk_norm": False, "sliding_window": window}
 
 
 def _qwen3_rules(raw: dict) -> dict:
