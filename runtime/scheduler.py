@@ -19,7 +19,7 @@ from runtime.cache.radix import create_prefix_cache
 from runtime.config import EngineConfig
 from runtime.forward_batch import ForwardBatch, ForwardMode
 from runtime.output_processor import OutputProcessor, abort_reason
-from runtime.request import Req
+from runtime.request import FinishReason, Req
 from runtime.schedule_policy import Admission, PrefillAdder, order_waiting
 from runtime.scheduler_stats import SchedulerStats
 from runtime.step_sampler import StepSampler
@@ -149,7 +149,14 @@ class Scheduler:
         self.chunked = next((a.req for a in admissions if not a.is_last_chunk), None)
         if finishing:
             reqs, logits = finishing
-            self._append_tokens(reqs, self.sampler.sample(reqs, logits), logits, joining=True)
+            keep = [i for i, r in enumerate(reqs) if r.sampling_params.max_new_tokens > 0]
+            for req in reqs:
+                if req.sampling_params.max_new_tokens == 0:  # prompt scoring only (select, logprobs)
+                    self._finish(req, FinishReason("length", length=0))
+            if keep:
+                reqs = [reqs[i] for i in keep]
+                logits = logits[torch.tensor(keep, dtype=torch.int64, device=logits.device)]
+                self._append_tokens(reqs, self.sampler.sample(reqs, logits), logits, joining=True)
 
     def _place(self, req: Req, prefix_slots: torch.Tensor) -> None:
         req.req_pool_idx = self.req_pool.allocate()
@@ -217,11 +224,17 @@ class Scheduler:
             if req.finished:
                 if not joining:
                     self.running.remove(req)
-                self._release(req)
-                self.stats.on_finish(req)
-            elif joining:
+                self._finish(req, req.finished_reason)
+                continue
+            if joining:
                 self.running.append(req)
             self.output.emit(req, req.stream)
+
+    def _finish(self, req: Req, reason: FinishReason) -> None:
+        req.finished_reason = reason
+        self._release(req)
+        self.stats.on_finish(req)
+        self.output.emit(req, req.stream)
 
     def _release(self, req: Req) -> None:
         """Give a request's KV to the prefix cache (what it computed) and its row back."""
@@ -247,10 +260,7 @@ class Scheduler:
                 self.running.remove(req)
             if req is self.chunked:
                 self.chunked = None
-            self._release(req)
-            req.finished_reason = abort_reason(message)
-            self.stats.on_finish(req)
-            self.output.emit(req, req.stream)
+            self._finish(req, abort_reason(message))
 
     def _abort_everything(self, message: str) -> None:
         for req in [*self.waiting, *self.running, *([self.chunked] if self.chunked else [])]:
