@@ -147,6 +147,8 @@ def test_split_count_fills_the_gpu_but_keeps_splits_long():
     assert choose_num_splits(2, 8, 8192, num_sms=132) == 17
     # a short context caps the splits at one per min_split_len tokens
     assert choose_num_splits(2, 8, 600, num_sms=132, min_split_len=256) == 3
+    # one request: split until each split holds min_split_len (64) tokens
+    assert choose_num_splits(1, 8, 1024, num_sms=132) == 16
     # a batch that already fills the GPU is not split
     assert choose_num_splits(64, 8, 4096, num_sms=132) == 1
     assert choose_num_splits(1, 1, 1 << 20, num_sms=132, max_splits=64) == 64

