@@ -39,9 +39,9 @@ if "--cpu-smoke" in sys.argv:
     os.environ["TRITON_INTERPRET"] = "1"  # NOTE: before triton (and our kernels) are imported
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from runtime.attention.triton.decode import DecodeConfig, choose_num_splits, decode_attention  # noqa: E402
+from runtime.attention.triton.decode import DecodeConfig, choose_num_splits, decode_attention
 
 # (block_n, num_warps, num_stages) × forced split counts tried by --sweep
 SWEEP_CONFIGS = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128, 8, 2), (128, 8, 3)]
@@ -66,7 +66,7 @@ class Problem:
 
     def reference(self) -> torch.Tensor:
         """float32 attention, a few requests at a time to bound memory: [B, H, D]."""
-        batch_size, context_len, num_heads, num_kv_heads, head_dim = self.shape
+        batch_size, context_len, num_heads, num_kv_heads, _ = self.shape
         slots = self.kv_indices.view(batch_size, context_len).long()
         out = torch.empty(self.q.shape, dtype=torch.float32, device=self.q.device)
         for start in range(0, batch_size, 8):
@@ -95,7 +95,7 @@ def time_call(fn, iters: int, device) -> float:
         with torch.cuda.graph(graph):
             fn()
         replay = graph.replay
-    except Exception as error:  # some third-party calls cannot be captured: time them eagerly
+    except Exception as error:  # noqa: BLE001 -- some third-party calls cannot be captured: time them eagerly
         print(f"  (not graph-capturable, timed eagerly: {type(error).__name__})")
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)  # > L2 of any current GPU
     samples = []
@@ -133,7 +133,7 @@ def flashinfer_runner(problem: Problem):
     """A closure running FlashInfer's paged decode on the problem, or None if it is not importable."""
     try:
         import flashinfer
-    except Exception as error:  # ImportError, or a broken install on this machine
+    except Exception as error:  # noqa: BLE001 -- ImportError, or a broken install on this machine
         print(f"  flashinfer unavailable: {type(error).__name__}: {error}")
         return None
     batch_size, _, num_heads, num_kv_heads, head_dim = problem.shape
@@ -157,10 +157,11 @@ def measure(problem, name, fn, iters, copy_bytes_per_s, reference, config="", nu
     ms = time_call(fn, iters, device)
     bandwidth = problem.kv_bytes / (ms * 1e-3)
     batch_size, context_len = problem.shape[:2]
-    row = dict(
-        shape=f"{batch_size}x{context_len}", impl=name, config=config, num_splits=num_splits, ms=ms,
-        kv_gb_per_s=bandwidth / 1e9, pct_of_copy=100 * bandwidth / copy_bytes_per_s, max_rel_err=error,
-    )
+    row = {
+        "shape": f"{batch_size}x{context_len}", "impl": name, "config": config, "num_splits": num_splits,
+        "ms": ms, "kv_gb_per_s": bandwidth / 1e9, "pct_of_copy": 100 * bandwidth / copy_bytes_per_s,
+        "max_rel_err": error,
+    }
     print("  " + format_row(row), flush=True)  # progress, in case a later shape fails
     return row
 
@@ -230,9 +231,11 @@ def main(args) -> None:
     print_table(rows, copy_bytes_per_s, device_name)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        meta = dict(device=device_name, copy_gb_per_s=copy_bytes_per_s / 1e9, heads=f"{num_heads}/{num_kv_heads}",
-                    head_dim=head_dim, dtype=str(dtype), torch=torch.__version__, iters=iters)
-        (args.out / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
+        meta = {
+            "device": device_name, "copy_gb_per_s": copy_bytes_per_s / 1e9, "heads": f"{num_heads}/{num_kv_heads}",
+            "head_dim": head_dim, "dtype": str(dtype), "torch": torch.__version__, "iters": iters,
+        }
+        (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,23 +15,23 @@ if not HAS_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
 
-import importlib  # noqa: E402
-import sys  # noqa: E402
-from dataclasses import replace  # noqa: E402
+import importlib
+import sys
+from dataclasses import replace
 
 for _name in ("kv_store", "decode", "extend", "backend"):
     # A module imported earlier without the interpreter holds compiled-only kernels: rebuild it.
     if not HAS_CUDA and f"runtime.attention.triton.{_name}" in sys.modules:
         importlib.reload(sys.modules[f"runtime.attention.triton.{_name}"])
 
-from runtime.attention.base import AttentionLayer, build_kv_indices, create_attention_backend  # noqa: E402
-from runtime.attention.torch_native import TorchNativeAttention  # noqa: E402
-from runtime.attention.triton.backend import TritonAttention, gather_kv_indices  # noqa: E402
-from runtime.attention.triton.decode import DecodeConfig, choose_num_splits  # noqa: E402
-from runtime.attention.triton.extend import ExtendConfig  # noqa: E402
-from runtime.attention.triton.kv_store import store_kv  # noqa: E402
-from runtime.cache.pool import KVPool, ReqToTokenPool  # noqa: E402
-from runtime.forward_batch import ForwardBatch, ForwardMode  # noqa: E402
+from runtime.attention.base import AttentionLayer, build_kv_indices, create_attention_backend
+from runtime.attention.torch_native import TorchNativeAttention
+from runtime.attention.triton.backend import TritonAttention, gather_kv_indices
+from runtime.attention.triton.decode import DecodeConfig, choose_num_splits
+from runtime.attention.triton.extend import ExtendConfig
+from runtime.attention.triton.kv_store import store_kv
+from runtime.cache.pool import KVPool, ReqToTokenPool
+from runtime.forward_batch import ForwardBatch, ForwardMode
 
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 LAYER_ID = 1  # not layer 0, so a kernel that ignores layer_id reads the wrong buffers
@@ -63,12 +63,12 @@ def make_batch(prefix_lens, extend_lens, num_kv_heads, head_dim, dtype, scattere
         offset += seq_len
     num_tokens = sum(extend_lens)
     decode = all(e == 1 for e in extend_lens)
-    extend_fields = {} if decode else dict(
-        extend_prefix_lens=torch.tensor(prefix_lens, dtype=torch.int32, device=DEVICE),
-        extend_seq_lens=torch.tensor(extend_lens, dtype=torch.int32, device=DEVICE),
-        extend_prefix_lens_cpu=torch.tensor(prefix_lens, dtype=torch.int64),
-        extend_seq_lens_cpu=torch.tensor(extend_lens, dtype=torch.int64),
-    )
+    extend_fields = {} if decode else {
+        "extend_prefix_lens": torch.tensor(prefix_lens, dtype=torch.int32, device=DEVICE),
+        "extend_seq_lens": torch.tensor(extend_lens, dtype=torch.int32, device=DEVICE),
+        "extend_prefix_lens_cpu": torch.tensor(prefix_lens, dtype=torch.int64),
+        "extend_seq_lens_cpu": torch.tensor(extend_lens, dtype=torch.int64),
+    }
     batch = ForwardBatch(
         mode=ForwardMode.DECODE if decode else ForwardMode.EXTEND,
         batch_size=len(seq_lens),

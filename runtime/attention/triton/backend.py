@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
 import torch
 
 from runtime.attention.base import AttentionLayer, BaseAttentionBackend, register_attention_backend
@@ -14,6 +12,8 @@ from runtime.attention.triton.kv_store import can_launch_on, store_kv
 from runtime.forward_batch import ForwardBatch
 
 CPU_NUM_SMS = 4  # the interpreter runs programs one by one: few splits keep it quick
+DEFAULT_DECODE_CONFIG = DecodeConfig()
+DEFAULT_EXTEND_CONFIG = ExtendConfig()
 
 
 @dataclass(frozen=True)
@@ -64,15 +64,15 @@ class TritonAttention(BaseAttentionBackend):
 
     def __init__(
         self,
-        num_splits: Optional[int] = None,
-        decode_config: DecodeConfig = DecodeConfig(),
-        extend_config: ExtendConfig = ExtendConfig(),
+        num_splits: int | None = None,
+        decode_config: DecodeConfig = DEFAULT_DECODE_CONFIG,
+        extend_config: ExtendConfig = DEFAULT_EXTEND_CONFIG,
         **_unused,
     ):
         self.num_splits = num_splits
         self.decode_config = decode_config
         self.extend_config = extend_config
-        self.metadata: Optional[TritonMetadata] = None
+        self.metadata: TritonMetadata | None = None
         self._num_sms: dict[torch.device, int] = {}
 
     def prepare(self, batch: ForwardBatch) -> None:

@@ -51,6 +51,7 @@ def _decode_split_kernel(
     num_splits = tl.num_programs(2)
     kv_start = tl.load(kv_indptr_ptr + batch)
     seq_len = tl.load(kv_indptr_ptr + batch + 1) - kv_start
+    # whole tiles per split: only a request's last tile is partly masked
     split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     lo = split * split_len
     hi = tl.minimum(lo + split_len, seq_len)
