@@ -14,12 +14,19 @@ from runtime.forward_batch import ForwardBatch
 class TorchNativeAttention(BaseAttentionBackend):
     def __init__(self, **_unused):
         self._rows: list[tuple[int, int, int, int]] = []  # (row, prefix_len, extend_len, q_start)
+        self._decode_slots: torch.Tensor | None = None  # [B, max_len] slots, padded with slot 0
+        self._decode_mask: torch.Tensor | None = None  # [B, 1, 1, max_len] True where a key is real
 
     def prepare(self, batch: ForwardBatch) -> None:
         rows = batch.req_pool_indices.tolist()
         seq_lens = batch.seq_lens_cpu.tolist()
         if batch.is_decode:
-            self._rows = [(r, n - 1, 1, i) for i, (r, n) in enumerate(zip(rows, seq_lens))]
+            # decode is batched into one padded SDPA call: per-request calls cost more than padding
+            max_len = max(seq_lens)
+            table = batch.req_to_token[batch.req_pool_indices, :max_len].to(torch.int64)
+            valid = torch.arange(max_len, device=table.device).unsqueeze(0) < batch.seq_lens.unsqueeze(1)
+            self._decode_slots = torch.where(valid, table, torch.zeros_like(table))
+            self._decode_mask = valid[:, None, None, :]
             return
         prefix = batch.extend_prefix_lens_cpu.tolist()
         extend = batch.extend_seq_lens_cpu.tolist()
@@ -35,7 +42,14 @@ class TorchNativeAttention(BaseAttentionBackend):
 
     def forward_decode(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:
         batch.kv_pool.set_kv(layer.layer_id, batch.out_cache_loc, k, v)
-        return self._attend(q, layer, batch)
+        bsz, group = q.shape[0], layer.num_heads // layer.num_kv_heads
+        # GQA without copies: the query heads of one KV head form the "query length" axis.
+        # q: [B, H, D] → [B, KvH, group, D]; keys/values: [B, max_len, KvH, D] → [B, KvH, max_len, D]
+        keys = batch.kv_pool.k_buffers[layer.layer_id][self._decode_slots].to(q.dtype).transpose(1, 2)
+        values = batch.kv_pool.v_buffers[layer.layer_id][self._decode_slots].to(q.dtype).transpose(1, 2)
+        qg = q.view(bsz, layer.num_kv_heads, group, layer.head_dim)
+        out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=self._decode_mask, scale=layer.scaling)
+        return out.reshape(bsz, layer.num_heads, layer.head_dim)
 
     def _attend(self, q: torch.Tensor, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:
         k_buffer = batch.kv_pool.k_buffers[layer.layer_id]
