@@ -171,15 +171,15 @@ class Scheduler:
         self._make_room_for_decode()
         reqs = list(self.running)
         slots = self._allocate_slots(len(reqs))
-        for req, slot in zip(reqs, slots.view(-1, 1)):
-            self.req_pool.write(req.req_pool_idx, req.kv_len, slot)
-        input_ids = [r.fill_ids[-1] for r in reqs]
+        input_ids = [r.output_ids[-1] if r.output_ids else r.origin_input_ids[-1] for r in reqs]
         positions = [r.kv_len for r in reqs]
         rows = [r.req_pool_idx for r in reqs]
         for req in reqs:
             req.kv_len += 1
         fb = self._forward_batch(ForwardMode.DECODE, input_ids, positions, slots, rows, [r.kv_len for r in reqs])
-        logits = self.runner.compute_logits(self.runner.forward(fb))
+        # one scatter for the whole batch: each request's new slot at its position
+        self.req_pool.req_to_token[fb.req_pool_indices, fb.positions] = slots.to(torch.int32)
+        logits = self.runner.decode(fb)
         self._append_tokens(reqs, self.sampler.sample(reqs, logits), logits, joining=False)
 
     def _make_room_for_decode(self) -> None:
@@ -304,4 +304,4 @@ class Scheduler:
             assert self.cache.protected_size == 0, f"{self.cache.protected_size} cached tokens still locked"
             total = self.allocator.num_free + self.cache.total_size
             assert total == self.allocator.size, f"KV pool leak: free {self.allocator.num_free} + cached {self.cache.total_size} != {self.allocator.size}"
-            assert self.req_pool.num_free == self.req_pool.size, "a request row leaked"
+            assert self.req_pool.num_free + self.req_pool.num_reserved == self.req_pool.size, "a request row leaked"

@@ -15,6 +15,11 @@ from runtime.sampler import SamplingBatch, apply_penalties, sample, token_logpro
 from runtime.schedule_policy import Admission
 
 
+def _plain_greedy(req: Req) -> bool:
+    p = req.sampling_params
+    return p.is_greedy and not p.needs_penalties and req.grammar is None and p.min_new_tokens <= len(req.output_ids)
+
+
 class StepSampler:
     def __init__(self, runner, tokenizer, config: EngineConfig):
         self.runner = runner
@@ -66,6 +71,8 @@ class StepSampler:
     # ------------------------------------------------------------------ sampling
     def sample(self, reqs: list[Req], logits: torch.Tensor) -> torch.Tensor:
         """logits: [B, V] float32 raw → next token ids [B]. Raw logits stay untouched (logprobs)."""
+        if all(_plain_greedy(r) for r in reqs):
+            return torch.argmax(logits, dim=-1)  # the common fast path: no per-row tensors to build
         work = logits
         batch = SamplingBatch.from_reqs(reqs, logits.shape[-1], logits.device)
         if batch.penalized or any(r.sampling_params.min_new_tokens for r in reqs) or any(r.grammar for r in reqs):

@@ -51,6 +51,18 @@ class BaseAttentionBackend(ABC):
     ) -> torch.Tensor:
         """Store k/v at batch.out_cache_loc, then attend over the request's whole KV (T == B)."""
 
+    # ------------------------------------------------------------------ CUDA graphs (decode only)
+    supports_cuda_graph: bool = False
+
+    def init_cuda_graph_state(self, max_bs: int, max_context_len: int, device: torch.device) -> None:
+        """Allocate the static metadata buffers that captured decode graphs read."""
+        raise NotImplementedError(f"{type(self).__name__} does not support CUDA graphs")
+
+    def prepare_cuda_graph_decode(self, batch: ForwardBatch) -> None:
+        """Like prepare(), but writes into the static buffers, so a graph captured after one call
+        replays correctly after any later call with the same batch size. Runs outside the graph."""
+        raise NotImplementedError(f"{type(self).__name__} does not support CUDA graphs")
+
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: AttentionLayer, batch: ForwardBatch
     ) -> torch.Tensor:

@@ -22,6 +22,7 @@ class ReqToTokenPool:
         # req_to_token: [size, max_context_len] int32 slot indices
         self.req_to_token = torch.zeros((size, max_context_len), dtype=torch.int32, device=device)
         self._free_rows = list(range(size))
+        self.num_reserved = 0
 
     @property
     def num_free(self) -> int:
@@ -38,6 +39,12 @@ class ReqToTokenPool:
     def free(self, row: int) -> None:
         assert 0 <= row < self.size and row not in self._free_rows, f"double free of row {row}"
         self._free_rows.append(row)
+
+    def reserve(self) -> int:
+        """A row held for the pool's lifetime (CUDA-graph padding); never counted as leaked."""
+        row = self.allocate()
+        self.num_reserved += 1
+        return row
 
     def write(self, row: int, start: int, slots: torch.Tensor) -> None:
         self.req_to_token[row, start : start + len(slots)] = slots.to(torch.int32)

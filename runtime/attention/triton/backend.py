@@ -74,6 +74,7 @@ class TritonAttention(BaseAttentionBackend):
         self.extend_config = extend_config
         self.metadata: TritonMetadata | None = None
         self._num_sms: dict[torch.device, int] = {}
+        self._step_splits: int | None = None  # set for CUDA-graph steps, where it must not change
 
     def prepare(self, batch: ForwardBatch) -> None:
         device = batch.req_to_token.device
@@ -90,6 +91,35 @@ class TritonAttention(BaseAttentionBackend):
             max_extend_len = int(batch.extend_seq_lens_cpu.max()) if batch.batch_size else 0
         max_seq_len = int(seq_lens_cpu.max()) if batch.batch_size else 0
         self.metadata = TritonMetadata(qo_indptr, kv_indptr, kv_indices, max_seq_len, max_extend_len)
+        self._step_splits = None
+
+    # ------------------------------------------------------------------ CUDA graphs
+    supports_cuda_graph = True
+
+    def init_cuda_graph_state(self, max_bs: int, max_context_len: int, device: torch.device) -> None:
+        # NOTE: captured kernels keep these buffers' addresses; replays only rewrite their contents.
+        self._graph_qo_indptr = torch.arange(max_bs + 1, dtype=torch.int32, device=device)
+        self._graph_kv_indptr = torch.zeros(max_bs + 1, dtype=torch.int32, device=device)
+        self._graph_kv_indices = torch.zeros(max_bs * max_context_len, dtype=torch.int32, device=device)
+        self._graph_max_context_len = max_context_len
+        self._graph_splits: dict[int, int] = {}
+
+    def prepare_cuda_graph_decode(self, batch: ForwardBatch) -> None:
+        bs = batch.batch_size
+        total = int(batch.seq_lens_cpu.sum())
+        kv_indptr, kv_indices = gather_kv_indices(batch.req_to_token, batch.req_pool_indices, batch.seq_lens, total)
+        self._graph_kv_indptr[: bs + 1].copy_(kv_indptr)
+        self._graph_kv_indices[:total].copy_(kv_indices)
+        # the split count is baked into a captured grid, so it is fixed per batch size (chosen for
+        # the longest context); the kernel sizes each request's splits from its own length
+        self.metadata = TritonMetadata(
+            self._graph_qo_indptr[: bs + 1], self._graph_kv_indptr[: bs + 1], self._graph_kv_indices,
+            self._graph_max_context_len, 1,
+        )
+        if bs not in self._graph_splits:
+            self._step_splits = None
+            self._graph_splits[bs] = self._decode_splits(bs, batch.kv_pool.num_kv_heads, batch.device)
+        self._step_splits = self._graph_splits[bs]
 
     def forward_extend(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:
         k_buffer, v_buffer = self._store(k, v, layer, batch)
@@ -117,6 +147,8 @@ class TritonAttention(BaseAttentionBackend):
     def _decode_splits(self, batch_size: int, num_kv_heads: int, device: torch.device) -> int:
         if self.num_splits is not None:
             return self.num_splits
+        if self._step_splits is not None:
+            return self._step_splits
         if device not in self._num_sms:
             cuda = device.type == "cuda"
             self._num_sms[device] = torch.cuda.get_device_properties(device).multi_processor_count if cuda else CPU_NUM_SMS

@@ -1,0 +1,355 @@
+"""GPU benchmark for issue 6: correctness first, then speed, on a Llama-3-8B-shaped dummy model (bf16).
+
+    python benchmarks/bench_gpu.py --out $OUT [--quick] [--sections a,b,...]
+
+Sections (each independent; a failure is recorded and the script goes on):
+  env        versions, card, measured copy bandwidth and bf16 matmul rate
+  small      greedy tokens equal to HF on a small fp32 model, for every attention backend, pool whole
+  logits     first-step logits of our 8B-shaped model vs HF's on the same random weights
+  decode     batch-1 decode at 1k context: tokens/s and fraction of the memory roofline (graphs on/off)
+  offline    1,000 requests, inputs U[256,1024], outputs U[64,512], ignore_eos: output tokens/s
+  prefix     256 requests, shared 2,000-token prefix + 64 unique, 32 out: radix cache on vs off
+  json       JSON-schema-constrained decoding at batch 64 vs unconstrained
+  memory     KV capacity, and whether decode allocates new device memory per step
+  hf         HF transformers baselines on the same shape (generate b=1; generate_batch)
+Prints a compact table last; writes results.json and log lines to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+RESULTS: dict = {}
+LLAMA3_8B = dict(
+    architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=4096, intermediate_size=14336,
+    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+    max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
+    torch_dtype="bfloat16", bos_token_id=1, eos_token_id=2, hidden_act="silu",
+)
+
+
+def section(name, fn, *args):
+    start = time.time()
+    try:
+        RESULTS[name] = fn(*args)
+    except Exception as exc:  # each section stands alone
+        traceback.print_exc()
+        RESULTS[name] = f"FAILED: {type(exc).__name__}: {str(exc)[:400]}"
+    print(f"[{name}] {time.time() - start:.1f}s -> {json.dumps(RESULTS[name], default=str)[:1500]}", flush=True)
+
+
+def model_dir(workdir: str) -> str:
+    from runtime.model.tiny import build_tokenizer
+
+    path = os.path.join(workdir, "llama3-8b-dummy")
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(LLAMA3_8B, f)
+    build_tokenizer(path)  # any tokenizer: the benchmarks send token ids
+    return path
+
+
+def free_memory():
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------ sections
+def env():
+    import transformers
+    import triton
+
+    p = torch.cuda.get_device_properties(0)
+    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(20):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    copy_bw = 2 * 2**30 * 20 / (time.perf_counter() - t)
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    for _ in range(3):
+        a @ a
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    torch.cuda.synchronize()
+    tflops = 2 * 8192**3 * 20 / (time.perf_counter() - t) / 1e12
+    del x, y, a
+    free_memory()
+    return dict(gpu=p.name, sms=p.multi_processor_count, mem_gib=round(p.total_memory / 2**30, 1),
+                torch=torch.__version__, triton=triton.__version__, transformers=transformers.__version__,
+                copy_tb_s=round(copy_bw / 1e12, 3), matmul_tflops=round(tflops, 1))
+
+
+def small(workdir):
+    from runtime.model.tiny import build_tiny_model
+    from tests.integration.engine_helpers import hf_greedy
+    from transformers import AutoTokenizer
+
+    path = build_tiny_model(os.path.join(workdir, "small"), arch="llama", hidden_size=256, num_layers=4,
+                            num_heads=8, num_kv_heads=2, intermediate_size=512)
+    tok = AutoTokenizer.from_pretrained(path)
+    prompts = [tok.encode(p) for p in ["Hello", "The cat sees the dog.", "Q: What is paris? A:", "1. a, b, c"]]
+    expected = hf_greedy(path, prompts, 16)
+    out = {}
+    variants = {"triton+graphs": {}, "triton": {"disable_cuda_graph": True}, "torch_native": {"attention_backend": "torch_native"},
+                "flashinfer": {"attention_backend": "flashinfer"}, "triton chunk 5": {"chunked_prefill_size": 5}}
+    for name, extra in variants.items():
+        opts = {"attention_backend": "triton", **extra}
+        from runtime import Engine
+
+        try:
+            with Engine(model_path=path, dtype="float32", **opts) as engine:
+                got = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": 16, "temperature": 0, "ignore_eos": True})
+                engine.check_integrity()
+            out[name] = "equal" if [g["output_ids"] for g in got] == expected else "DIFFERENT"
+        except Exception as exc:
+            out[name] = f"error: {exc}"[:200]
+    return out
+
+
+def logits(path):
+    from runtime import Engine
+    from runtime.model.loader import _copy_tensor, checkpoint_targets
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("cuda"):
+        hf = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in LLAMA3_8B.items() if k != "architectures"})).to(torch.bfloat16).eval()
+    engine = Engine(model_path=path, load_format="dummy", max_total_tokens=4096, disable_cuda_graph=True, max_running_requests=4)
+    targets = checkpoint_targets(engine.runner.model)
+    with torch.no_grad():
+        for name, tensor in hf.state_dict().items():
+            if name in targets:
+                _copy_tensor(name, tensor, *targets[name])
+    ids = torch.randint(100, 120000, (512,), generator=torch.Generator().manual_seed(0)).tolist()
+    out = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 1, "temperature": 0},
+                          return_logprob=True, logprob_start_len=0)
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids], device="cuda")).logits[0].float()
+    ref_lp = torch.log_softmax(ref, -1)
+    ours = torch.tensor([lp for lp, _, _ in out["meta_info"]["input_token_logprobs"][1:]])
+    theirs = ref_lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].cpu()
+    first = int(ref[-1].argmax())
+    engine.shutdown()
+    del engine, hf
+    free_memory()
+    return dict(prompt_logprob_max_abs_err=round(float((ours - theirs).abs().max()), 4),
+                prompt_logprob_rel_err=round(float((ours - theirs).norm() / theirs.norm()), 5),
+                first_token_equal=out["output_ids"][0] == first)
+
+
+def decode_b1(engine, copy_tb_s):
+    ids = torch.randint(100, 120000, (1024,)).tolist()
+    params = {"max_new_tokens": 256, "temperature": 0, "ignore_eos": True}
+    rates = {}
+    graphs = engine.runner.cuda_graph
+    for label, graph in (("cuda_graph", graphs), ("eager", None)):
+        engine.runner.cuda_graph = graph
+        engine.generate(input_ids=ids, sampling_params={**params, "max_new_tokens": 8})
+        out = engine.generate(input_ids=ids, sampling_params=params)
+        meta = out["meta_info"]
+        rates[label] = (len(out["output_ids"]) - 1) / (meta["e2e_latency"] - meta["ttft"])
+        engine.flush_cache()
+    engine.runner.cuda_graph = graphs
+    model = engine.runner.model
+    weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    mc = engine.runner.model_config
+    kv_bytes = 2 * mc.num_layers * mc.num_kv_heads * mc.head_dim * 2 * (1024 + 128)
+    ideal_s = (weight_bytes + kv_bytes) / (copy_tb_s * 1e12)
+    return {f"{k}_tok_s": round(v, 1) for k, v in rates.items()} | {
+        "roofline_fraction": round(rates["cuda_graph"] * ideal_s, 3), "weight_gb": round(weight_bytes / 1e9, 2)}
+
+
+def workload(n, seed=0):
+    rng = random.Random(seed)
+    reqs = []
+    for _ in range(n):
+        reqs.append(([rng.randint(100, 120000) for _ in range(rng.randint(256, 1024))], rng.randint(64, 512)))
+    return reqs
+
+
+def offline(engine, n):
+    reqs = workload(n)
+    engine.flush_cache()
+    seg0 = torch.cuda.memory_stats()["segment.all.allocated"]
+    start = time.perf_counter()
+    outs = engine.generate(input_ids=[r[0] for r in reqs],
+                           sampling_params=[{"max_new_tokens": m, "temperature": 0, "ignore_eos": True} for _, m in reqs])
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o["output_ids"]) for o in outs)
+    RESULTS["_segments_during_offline"] = torch.cuda.memory_stats()["segment.all.allocated"] - seg0
+    return dict(requests=n, output_tokens=tokens, seconds=round(seconds, 1), output_tok_s=round(tokens / seconds, 1),
+                retractions=engine.get_stats()["num_retractions"])
+
+
+def shared_prefix(engine, n=256):
+    rng = random.Random(1)
+    prefix = [rng.randint(100, 120000) for _ in range(2000)]
+    prompts = [prefix + [rng.randint(100, 120000) for _ in range(64)] for _ in range(n)]
+    engine.flush_cache()
+    start = time.perf_counter()
+    outs = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": 32, "temperature": 0, "ignore_eos": True})
+    seconds = time.perf_counter() - start
+    cached = sum(o["meta_info"]["cached_tokens"] for o in outs)
+    optimum = (n - 1) * len(prefix)  # every request but the first could reuse the whole prefix
+    return dict(seconds=round(seconds, 2), req_s=round(n / seconds, 1), cached_tokens=cached,
+                hit_fraction_of_optimum=round(cached / optimum, 3))
+
+
+def json_constrained(engine, n=64):
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+              "age": {"type": "integer"}, "city": {"type": "string", "maxLength": 12}}, "required": ["name", "age", "city"]}
+    rng = random.Random(2)
+    prompts = [[rng.randint(100, 120000) for _ in range(128)] for _ in range(n)]
+    free = {"max_new_tokens": 48, "temperature": 0, "ignore_eos": True}
+    res = {}
+    for label, params in (("unconstrained", free), ("json_schema", {**free, "json_schema": json.dumps(schema), "ignore_eos": False})):
+        engine.generate(input_ids=prompts[:2], sampling_params=params)
+        start = time.perf_counter()
+        outs = engine.generate(input_ids=prompts, sampling_params=params)
+        seconds = time.perf_counter() - start
+        tokens = sum(len(o["output_ids"]) for o in outs)
+        res[label] = dict(tokens=tokens, tok_s=round(tokens / seconds, 1))
+        if label == "json_schema":
+            valid = 0
+            for o in outs:
+                try:
+                    json.loads(o["text"]); valid += 1
+                except ValueError:
+                    pass
+            res["valid_json"] = f"{valid}/{n}"
+    res["ratio"] = round(res["json_schema"]["tok_s"] / res["unconstrained"]["tok_s"], 3)
+    return res
+
+
+def hf_baselines(path, n_batch):
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in LLAMA3_8B.items() if k != "architectures"})).to(torch.bfloat16).eval()
+    out = {}
+    ids = torch.randint(100, 120000, (1, 1024), device="cuda")
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(ids, max_new_tokens=64, min_new_tokens=64, do_sample=False, pad_token_id=0)
+        torch.cuda.synchronize()
+        out["generate_b1_1k_tok_s"] = round(64 / (time.perf_counter() - t), 1)
+    reqs = workload(n_batch)
+    budget = max(m for _, m in reqs)
+    gen = GenerationConfig(max_new_tokens=budget, do_sample=False, eos_token_id=-1, pad_token_id=0,
+                           num_blocks=8192, block_size=128, max_batch_tokens=8192)
+    for impl in ("sdpa", "paged|sdpa"):
+        try:
+            model.set_attn_implementation(impl)
+            with torch.no_grad():
+                t = time.perf_counter()
+                res = model.generate_batch(inputs=[r[0] for r in reqs], generation_config=gen)
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t
+            tokens = sum(len(v.generated_tokens) for v in res.values())
+            out[f"generate_batch[{impl}]_tok_s"] = round(tokens / seconds, 1)
+        except Exception as exc:
+            out[f"generate_batch[{impl}]"] = f"error: {exc}"[:200]
+    del model
+    free_memory()
+    return out
+
+
+def print_table():
+    rows = []
+    env_info = RESULTS.get("env", {})
+    if isinstance(env_info, dict):
+        rows.append(("card", f"{env_info.get('gpu')} copy {env_info.get('copy_tb_s')} TB/s, {env_info.get('matmul_tflops')} TFLOP/s"))
+    for key, value in RESULTS.items():
+        if key != "env":
+            rows.append((key, json.dumps(value, default=str)))
+    print("\n| section | result |\n|---|---|")
+    for key, value in rows:
+        print(f"| {key} | {value} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    parser.add_argument("--sections", default="env,small,logits,decode,offline,prefix,json,memory,hf")
+    args = parser.parse_args()
+    wanted = set(args.sections.split(","))
+    workdir = tempfile.mkdtemp()
+    path = model_dir(workdir)
+    n_offline, n_prefix, n_hf = (100, 32, 8) if args.quick else (1000, 256, 32)
+    if "env" in wanted:
+        section("env", env)
+    copy_tb_s = RESULTS.get("env", {}).get("copy_tb_s", 3.0) if isinstance(RESULTS.get("env"), dict) else 3.0
+    if "small" in wanted:
+        section("small", small, workdir)
+    if "logits" in wanted:
+        section("logits", logits, path)
+    if wanted & {"decode", "offline", "prefix", "json", "memory"}:
+        from runtime import Engine
+
+        start = time.perf_counter()
+        engine = Engine(model_path=path, load_format="dummy")
+        RESULTS["engine_start_s"] = round(time.perf_counter() - start, 1)
+        RESULTS["kv_capacity_tokens"] = engine.max_total_tokens
+        if "decode" in wanted:
+            section("decode_b1_1k", decode_b1, engine, copy_tb_s)
+        if "offline" in wanted:
+            section("offline", offline, engine, n_offline)
+        if "prefix" in wanted:
+            section("prefix_radix_on", shared_prefix, engine, n_prefix)
+        if "json" in wanted:
+            section("json_b64", json_constrained, engine)
+        if "memory" in wanted:
+            section("memory", lambda: dict(kv_capacity_tokens=engine.max_total_tokens,
+                                            new_segments_during_offline=RESULTS.get("_segments_during_offline"),
+                                            allocated_gib=round(torch.cuda.memory_allocated() / 2**30, 1)))
+        engine.check_integrity()
+        engine.shutdown()
+        del engine
+        free_memory()
+        if "prefix" in wanted:
+            off = Engine(model_path=path, load_format="dummy", disable_radix_cache=True)
+            section("prefix_radix_off", shared_prefix, off, n_prefix)
+            off.shutdown()
+            del off
+            free_memory()
+            on, off_ = RESULTS.get("prefix_radix_on"), RESULTS.get("prefix_radix_off")
+            if isinstance(on, dict) and isinstance(off_, dict):
+                RESULTS["prefix_speedup"] = round(off_["seconds"] / on["seconds"], 2)
+    if "hf" in wanted:
+        section("hf", hf_baselines, path, n_hf)
+        hf, ours = RESULTS.get("hf"), RESULTS.get("offline")
+        if isinstance(hf, dict) and isinstance(ours, dict):
+            best = max([v for k, v in hf.items() if k.startswith("generate_batch") and isinstance(v, float)] or [0])
+            if best:
+                RESULTS["offline_vs_hf_generate_batch"] = round(ours["output_tok_s"] / best, 1)
+    print_table()
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(RESULTS, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()

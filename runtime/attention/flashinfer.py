@@ -1,0 +1,69 @@
+"""FlashInfer attention (GPU, `pip install sgflow[gpu]`): paged prefill/decode wrappers, page size 1,
+planned once per step from the same metadata as our own kernels (FlashInfer's names throughout).
+
+Our KV buffers are [slots, num_kv_heads, head_dim]; as FlashInfer's NHD paged layout with page size 1
+they are viewed as [pages = slots, 1, num_kv_heads, head_dim], and page indices are slot indices.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from runtime.attention.base import AttentionLayer, BaseAttentionBackend, register_attention_backend
+from runtime.attention.triton.backend import gather_kv_indices
+from runtime.attention.triton.kv_store import store_kv
+from runtime.forward_batch import ForwardBatch
+
+_WORKSPACE_BYTES = 256 * 2**20
+
+
+@register_attention_backend("flashinfer")
+class FlashInferAttention(BaseAttentionBackend):
+    def __init__(self, device: torch.device | str = "cuda", **_unused):
+        import flashinfer
+
+        self.workspace = torch.zeros(_WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+        self.decode_wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            self.workspace, "NHD", use_tensor_cores=True
+        )
+        self.prefill_wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD")
+        self._step = None  # (qo_indptr, kv_indptr, kv_indices, last_page_len, is_decode)
+        self._planned = False
+
+    def prepare(self, batch: ForwardBatch) -> None:
+        device = batch.req_to_token.device
+        total = int(batch.seq_lens_cpu.sum())
+        kv_indptr, kv_indices = gather_kv_indices(batch.req_to_token, batch.req_pool_indices, batch.seq_lens, total)
+        last_page_len = torch.ones(batch.batch_size, dtype=torch.int32, device=device)
+        qo_indptr = None
+        if not batch.is_decode:
+            qo_indptr = torch.zeros(batch.batch_size + 1, dtype=torch.int32, device=device)
+            torch.cumsum(batch.extend_seq_lens.to(torch.int32), 0, out=qo_indptr[1:])
+        self._step = (qo_indptr, kv_indptr, kv_indices, last_page_len, batch.is_decode)
+        self._planned = False  # planning needs head counts and dtypes: done at the first layer
+
+    def _plan(self, q: torch.Tensor, kv_dtype: torch.dtype, layer: AttentionLayer) -> None:
+        qo_indptr, kv_indptr, kv_indices, last_page_len, is_decode = self._step
+        common = dict(q_data_type=q.dtype, kv_data_type=kv_dtype, sm_scale=layer.scaling)
+        if is_decode:
+            self.decode_wrapper.plan(kv_indptr, kv_indices, last_page_len, layer.num_heads, layer.num_kv_heads,
+                                     layer.head_dim, 1, **common)
+        else:
+            self.prefill_wrapper.plan(qo_indptr, kv_indptr, kv_indices, last_page_len, layer.num_heads,
+                                      layer.num_kv_heads, layer.head_dim, 1, causal=True, **common)
+        self._planned = True
+
+    def _run(self, wrapper, q, k, v, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:
+        k_buffer = batch.kv_pool.k_buffers[layer.layer_id]
+        v_buffer = batch.kv_pool.v_buffers[layer.layer_id]
+        store_kv(k_buffer, v_buffer, batch.out_cache_loc, k, v)
+        if not self._planned:
+            self._plan(q, k_buffer.dtype, layer)
+        paged = (k_buffer.unsqueeze(1), v_buffer.unsqueeze(1))  # [pages, page_size=1, KvH, D]
+        return wrapper.run(q.contiguous(), paged)
+
+    def forward_extend(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:
+        return self._run(self.prefill_wrapper, q, k, v, layer, batch)
+
+    def forward_decode(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:
+        return self._run(self.decode_wrapper, q, k, v, layer, batch)
