@@ -76,6 +76,7 @@ class Executor:
         self._pending: deque = deque()
         self._draining = False
         self._start = start  # a child waits for its parent to reach the fork
+        self._started = False
         self.change: concurrent.futures.Future = concurrent.futures.Future()
 
     # ------------------------------------------------------------------ body-thread side
@@ -102,10 +103,10 @@ class Executor:
             get_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
-        if self._start is not None:
-            start, self._start = self._start, None
+        if self._start is not None and not self._started:
+            self._started = True
             try:
-                await await_future(start)
+                await await_future(self._start)
             except BaseException as exc:  # the parent failed before the fork
                 self._fail(exc, None)
         while self._pending:
@@ -267,11 +268,8 @@ class Executor:
             child._start_ready()
 
     def _start_ready(self) -> None:
-        start = self._start
-        if start is not None and not start.done():
-            start.set_result(None)
-        if self.inline:
-            self._start = None
+        if self._start is not None and not self._start.done():
+            self._start.set_result(None)
 
     async def _join(self, work: Work) -> None:
         plan: JoinPlan = work.extra

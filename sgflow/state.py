@@ -279,6 +279,11 @@ class ProgramStateGroup:
     def __getitem__(self, i: int) -> ProgramState:
         return self.states[i]
 
+    def __setitem__(self, i: int, value: ProgramState) -> None:
+        # `forks[i] += x` re-assigns the same state; anything else is a mistake.
+        if value is not self.states[i]:
+            raise ProgramMisuseError("fork states cannot be replaced; append to them with forks[i] += ...")
+
     def __len__(self) -> int:
         return len(self.states)
 
