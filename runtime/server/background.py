@@ -4,7 +4,7 @@
         httpx.get(server.url + "/health")
 
 Binds 127.0.0.1 on a free port by default. Stopping drains like SIGTERM does (in-flight requests
-may finish within `shutdown_grace` seconds, then are cancelled); the engine is left to its owner.
+may finish within `shutdown_grace` seconds, then are aborted); the engine is left to its owner.
 """
 
 from __future__ import annotations
@@ -12,16 +12,13 @@ from __future__ import annotations
 import threading
 import time
 
-import uvicorn
+from runtime.server.launch import DrainingServer
 
 
 class BackgroundServer:
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
                  shutdown_grace: float = 5.0, start_timeout: float = 30.0):
-        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off",
-                                timeout_graceful_shutdown=shutdown_grace)
-        self.app = app
-        self._server = uvicorn.Server(config)
+        self._server = DrainingServer(app, shutdown_grace, host=host, port=port, log_level=log_level)
         self._thread = threading.Thread(target=self._server.run, name="sgflow-http", daemon=True)
         self._start_timeout = start_timeout
         self.host = host
@@ -42,9 +39,6 @@ class BackgroundServer:
         return self
 
     def stop(self) -> None:
-        gate = getattr(getattr(self.app.state, "server", None), "gate", None)
-        if gate is not None:
-            gate.start_draining()
         self._server.should_exit = True
         self._thread.join()
 

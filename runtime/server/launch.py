@@ -4,13 +4,15 @@ One process: uvicorn's event loop in the main thread and the engine's scheduler 
 listens and nothing is pickled. The default bind is 127.0.0.1.
 
 Shutdown (SIGTERM or SIGINT): stop accepting connections and refuse new requests (503), let the
-requests in flight finish for up to --shutdown-grace seconds, then cancel them (which aborts their
-engine requests), shut the engine down and exit 0. A second SIGINT forces an immediate exit.
+requests in flight finish for up to --shutdown-grace seconds, then abort them in the engine (streams
+end with finish_reason "abort" and [DONE]), shut the engine down and exit 0. A second SIGINT forces
+an immediate exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -18,7 +20,7 @@ import os
 import signal
 import threading
 import typing
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import uvicorn
 
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 30000
 DEFAULT_SHUTDOWN_GRACE_S = 10.0
+ABORT_SETTLE_S = 5.0  # after aborting, how long streams get to send their last event before being cut
 
 
 def build_parser(prog: str = "python -m runtime serve") -> argparse.ArgumentParser:
@@ -80,28 +83,44 @@ def _base_type(hint) -> type:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn with our own signal handling. uvicorn re-raises SIGTERM after a graceful stop (the
-    process then dies by the signal); we want exit status 0, and to refuse new requests at once."""
+    """uvicorn with the server's shutdown policy.
 
-    def __init__(self, config: uvicorn.Config, on_stop_requested: Callable[[], None]):
+    On stop: new requests get 503 at once; requests in flight may finish within `grace` seconds;
+    then they are aborted in the engine, so streams still end with a finish_reason and [DONE]
+    (uvicorn's own cancellation, `ABORT_SETTLE_S` later, is only a backstop). Signals are handled
+    here rather than by uvicorn, which re-raises SIGTERM after stopping: we exit with status 0.
+    """
+
+    def __init__(self, app, grace: float, **config_kwargs):
+        config = uvicorn.Config(app, lifespan="off", timeout_graceful_shutdown=grace + ABORT_SETTLE_S, **config_kwargs)
         super().__init__(config)
-        self._on_stop_requested = on_stop_requested
+        self.state = app.state.server
+        self.grace = grace
 
     @contextlib.contextmanager
     def capture_signals(self):
         if threading.current_thread() is not threading.main_thread():
             yield  # signals reach the main thread only; a server in a thread is stopped via should_exit
             return
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _on_signal(self, sig, frame) -> None:
-        self._on_stop_requested()
-        self.handle_exit(sig, frame)
+    async def shutdown(self, sockets=None) -> None:
+        self.state.gate.start_draining()
+        timer = asyncio.get_running_loop().call_later(self.grace, self._abort_in_flight)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
+
+    def _abort_in_flight(self) -> None:
+        if self.state.live_rids:
+            logger.warning("shutdown grace period over: aborting %d request(s)", len(self.state.live_rids))
+            self.state.abort_all()
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
@@ -129,9 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         api_key = args.api_key or os.environ.get("SGFLOW_API_KEY") or None
         app = create_app(engine, api_key=api_key, max_body_bytes=args.max_body_bytes,
                          served_model_name=args.served_model_name, server_args=server_args(args))
-        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="off",
-                                timeout_graceful_shutdown=args.shutdown_grace)
-        server = DrainingServer(config, on_stop_requested=app.state.server.gate.start_draining)
+        server = DrainingServer(app, args.shutdown_grace, host=args.host, port=args.port, log_level=args.log_level)
         server.run()
         if not server.started:
             return 1  # could not bind; uvicorn has logged why

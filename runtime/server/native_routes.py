@@ -104,12 +104,13 @@ async def generate(request: Request) -> Response:
         params = [validate_sampling(p, state.engine.config) for p in _per_prompt(req.sampling_params, count, "sampling_params")]
         if req.stream and count > 1 and isinstance(req.rid, str):
             raise ValueError("rid must be a list with one rid per prompt when streaming a batch")
-        calls = _stream_calls(req, params) if req.stream else None
+        bases = _base_rids(req.rid, count)
+        calls = _stream_calls(req, params, bases) if req.stream else None
     ticket = state.gate.admit(max(sum(p.n for p in params), 1))
     if calls is not None:
         return await _stream(state, calls, ticket)
-    with ticket, engine_errors(RENAMES):
-        batch = isinstance(req.text, list) or (bool(req.input_ids) and isinstance(req.input_ids[0], list))
+    batch = _is_batch(req)
+    with ticket, engine_errors(RENAMES), state.tracking(_copy_rids(bases, params)):
         work = state.engine.async_generate(
             prompt=req.text,
             input_ids=req.input_ids,
@@ -117,7 +118,7 @@ async def generate(request: Request) -> Response:
             return_logprob=req.return_logprob,
             logprob_start_len=req.logprob_start_len,
             top_logprobs_num=req.top_logprobs_num,
-            rid=req.rid,
+            rid=bases if batch else bases[0],
         )
         try:
             result = await until_disconnected(request, work)
@@ -145,17 +146,32 @@ async def _stream(state: ServerState, calls: list[dict], ticket: Ticket) -> Resp
     return await sse_response(state, calls, ticket, RENAMES, render)
 
 
-def _stream_calls(req: GenerateRequest, params: list) -> list[dict]:
+def _base_rids(rid, count: int) -> list[str]:
+    """One rid per prompt: the client's (a shared string is shared, as the engine does), else fresh."""
+    if isinstance(rid, list):
+        if len(rid) != count:
+            raise ValueError(f"rid has {len(rid)} entries for {count} prompts")
+        return rid
+    if rid is not None:
+        return [rid] * count
+    return [uuid.uuid4().hex for _ in range(count)]
+
+
+def _copy_rids(bases: list[str], params: list) -> list[str]:
+    """The engine's names for the copies of an n > 1 request: `{rid}-{k}` (runtime/engine_inputs.py)."""
+    return [base if p.n == 1 else f"{base}-{k}" for base, p in zip(bases, params) for k in range(p.n)]
+
+
+def _stream_calls(req: GenerateRequest, params: list, bases: list[str]) -> list[dict]:
     """One single-prompt, n=1 engine call per choice, named and seeded as the engine names and seeds
     the copies of an n > 1 request (`{rid}-{k}`, seed + k), so streamed == non-streamed."""
     count = len(params)
-    rids = req.rid if isinstance(req.rid, list) else [req.rid] * count
     logprob = _per_prompt(req.return_logprob, count, "return_logprob")
     start = _per_prompt(req.logprob_start_len, count, "logprob_start_len")
     top = _per_prompt(req.top_logprobs_num, count, "top_logprobs_num")
+    rids = iter(_copy_rids(bases, params))
     calls = []
     for i, p in enumerate(params):
-        base = rids[i] if i < len(rids) and rids[i] is not None else uuid.uuid4().hex
         for k in range(p.n):
             calls.append({
                 **_prompt_of(req, i),
@@ -163,7 +179,7 @@ def _stream_calls(req: GenerateRequest, params: list) -> list[dict]:
                 "return_logprob": logprob[i],
                 "logprob_start_len": start[i],
                 "top_logprobs_num": top[i],
-                "rid": base if p.n == 1 else f"{base}-{k}",
+                "rid": next(rids),
             })
     return calls
 
@@ -176,6 +192,10 @@ def _meta_so_far(meta: dict, num_ids: int) -> dict:
         if key in out:
             out[key] = list(out[key][:num_ids])
     return out
+
+
+def _is_batch(req: GenerateRequest) -> bool:
+    return isinstance(req.text, list) or bool(req.input_ids and isinstance(req.input_ids[0], list))
 
 
 def _num_prompts(req: GenerateRequest) -> int:

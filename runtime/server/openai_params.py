@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Union
+from typing import Optional, Union
 
 from runtime.config import EngineConfig
 from runtime.sampling_params import SamplingParams
@@ -27,6 +27,10 @@ class Plan:
     logprob_start_len: int = -1
     echo: bool = False
     renames: dict = field(default_factory=dict)  # engine field name → the client's
+    rids: list = field(default_factory=list)  # per prompt; filled in __post_init__
+
+    def __post_init__(self) -> None:
+        self.rids = [uuid.uuid4().hex for _ in self.prompts]
 
     @property
     def n(self) -> int:
@@ -36,19 +40,24 @@ class Plan:
     def num_choices(self) -> int:
         return len(self.prompts) * self.params.n
 
+    def choice_rids(self) -> list[str]:
+        """Engine rids in choice order; copies of an n > 1 request are named `{rid}-{k}` as the
+        engine names them (runtime/engine_inputs.py), streamed or not."""
+        return [rid if self.n == 1 else f"{rid}-{k}" for rid in self.rids for k in range(self.n)]
+
     def batch_call(self) -> dict:
         """`async_generate` kwargs for one non-streamed call; the engine expands `n` itself."""
         common = dict(sampling_params=self.params, return_logprob=self.return_logprob,
                       top_logprobs_num=self.top_logprobs_num, logprob_start_len=self.logprob_start_len)
         if len(self.prompts) == 1:
-            return {**self.prompts[0], **common}
+            return {**self.prompts[0], **common, "rid": self.rids[0]}
         key = "prompt" if "prompt" in self.prompts[0] else "input_ids"
-        return {key: [p[key] for p in self.prompts], **common}
+        return {key: [p[key] for p in self.prompts], **common, "rid": list(self.rids)}
 
     def stream_calls(self) -> list[dict]:
         """One n=1 call per choice, seeded as the engine seeds the copies of an n > 1 request
         (seed + copy), so a streamed choice equals its non-streamed twin."""
-        calls = []
+        calls, rids = [], iter(self.choice_rids())
         for prompt in self.prompts:
             for k in range(self.n):
                 seed = None if self.params.seed is None else self.params.seed + k
@@ -58,7 +67,7 @@ class Plan:
                     "return_logprob": self.return_logprob,
                     "top_logprobs_num": self.top_logprobs_num,
                     "logprob_start_len": self.logprob_start_len,
-                    "rid": uuid.uuid4().hex,
+                    "rid": next(rids),
                 })
         return calls
 
@@ -122,12 +131,12 @@ def render_chat(tokenizer, messages: list[ChatMessage]) -> list[int]:
         raise ValueError("messages cannot be used: this model has no chat template (use /v1/completions)")
     conversation = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
     try:
-        out = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+        text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     except Exception as exc:  # a template may raise on its own rules (e.g. roles must alternate)
         raise ValueError(f"messages could not be rendered by the chat template: {exc}") from None
-    if isinstance(out, Mapping) or hasattr(out, "keys"):
-        out = out["input_ids"]  # newer transformers return a BatchEncoding
-    return [int(t) for t in out]
+    # NOTE: the template writes the special tokens (BOS, role markers) itself; adding them again
+    # would double the BOS of Llama-style tokenizers.
+    return tokenizer.encode(text, add_special_tokens=False)
 
 
 def _completion_prompts(prompt: Union[str, list]) -> list[dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 from fastapi import APIRouter, Request
@@ -45,7 +44,9 @@ async def chat_completions(request: Request) -> Response:
     req = ChatCompletionRequest.model_validate(await read_json_object(request, state.max_body_bytes))
     engine = state.engine
     with engine_errors(chat_renames(req)):
-        prompt_ids = await asyncio.to_thread(render_chat, engine.tokenizer, req.messages)
+        # NOTE: on the event loop thread, where the engine encodes prompts too: HF fast tokenizers
+        # must not encode from two threads at once.
+        prompt_ids = render_chat(engine.tokenizer, req.messages)
         plan = chat_plan(req, engine.config, prompt_ids, room=min(engine.context_len, engine.max_total_tokens))
     formatter = ChatFormatter(plan, f"chatcmpl-{uuid.uuid4().hex}", state.served_model_name,
                               engine.tokenizer, _include_usage(req))
@@ -57,7 +58,7 @@ async def _serve(request: Request, state: ServerState, plan: Plan, formatter, st
     if stream:
         return await sse_response(state, plan.stream_calls(), ticket, plan.renames, formatter.on_event,
                                   tail=lambda: [c for c in [formatter.usage_chunk()] if c is not None])
-    with ticket, engine_errors(plan.renames):
+    with ticket, engine_errors(plan.renames), state.tracking(plan.choice_rids()):
         try:
             result = await until_disconnected(request, state.engine.async_generate(**plan.batch_call()))
         except ClientDisconnected:

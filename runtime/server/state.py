@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
 
 from starlette.requests import Request
 
@@ -19,6 +20,23 @@ class ServerState:
     served_model_name: str
     max_body_bytes: int
     server_args: dict  # shown by /get_server_info; never holds the API key
+    live_rids: set = field(default_factory=set)  # engine rids of every request in flight
+
+    @contextlib.contextmanager
+    def tracking(self, rids: Iterable[str]) -> Iterator[None]:
+        """Count `rids` as in flight while the block runs (abort_all reaches them)."""
+        rids = list(rids)
+        self.live_rids.update(rids)
+        try:
+            yield
+        finally:
+            self.live_rids.difference_update(rids)
+
+    def abort_all(self) -> None:
+        """Abort every request in flight: streams end with finish_reason "abort" and [DONE], whole
+        responses return what was generated. Used when the shutdown grace period runs out."""
+        for rid in list(self.live_rids):
+            self.engine.abort(rid)
 
     def abort(self, rid: str) -> None:
         """Abort a client's request by its rid, including the `{rid}-{k}` copies of an n > 1 request

@@ -143,10 +143,13 @@ async def sse_response(
     Takes ownership of `ticket` (released when the response ends). Invalid calls raise APIError 400
     before any byte is sent; an error mid-stream is sent as an error event before [DONE].
     """
+    tracking = state.tracking(call["rid"] for call in calls)
+    tracking.__enter__()
     try:
         with engine_errors(renames):
             session = await StreamSession.open(state.engine, calls)
     except BaseException:
+        tracking.__exit__(None, None, None)
         ticket.release()
         raise
 
@@ -167,6 +170,7 @@ async def sse_response(
 
     async def on_close() -> None:
         await session.close()
+        tracking.__exit__(None, None, None)
         ticket.release()
 
     return EngineStreamResponse(body(), on_close)
