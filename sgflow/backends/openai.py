@@ -116,10 +116,11 @@ class OpenAI(BaseBackend):
             model=self.model_name, prompt=prefix + choice, max_tokens=1, echo=True, logprobs=1, temperature=0.0
         )
         lp = response.choices[0].logprobs
+        # Tokens overlapping the choice (one may straddle the join with the prefix).
         entries = tuple(
             (value, None, token)
             for token, value, offset in zip(lp.tokens, lp.token_logprobs, lp.text_offset)
-            if len(prefix) <= offset < len(prefix) + len(choice)
+            if offset + len(token) > len(prefix) and offset < len(prefix) + len(choice)
         )
         if not entries:
             raise ValueError("the echoed logprobs do not cover the choice")

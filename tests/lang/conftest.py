@@ -3,6 +3,7 @@
     mock      MockBackend (the native protocol code over a scripted model)
     endpoint  RuntimeEndpoint over HTTP to an in-process fake server wrapping the same model
     engine    the in-process runtime Engine on a tiny random model (skipped if the runtime is absent)
+    server    Runtime: `python -m runtime serve` on the tiny model, over HTTP (skipped until it exists)
 
 On scripted targets the answers are known, so tests also check content; on the engine only
 the properties that hold for any model are checked.
@@ -86,7 +87,23 @@ def _endpoint(model: MockModel) -> Any:
     return RuntimeEndpoint("http://fake-server", api_key="secret", transport=httpx.ASGITransport(app=app))
 
 
-@pytest.fixture(params=["mock", "endpoint", "engine"])
+def _server_available() -> bool:
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in ("runtime.__main__", "runtime.server.launch"))
+    except ImportError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def server_backend(tiny_model_path):
+    import sgflow
+
+    runtime = sgflow.Runtime(model_path=tiny_model_path, dtype="float32", device="cpu", launch_timeout=120)
+    yield runtime
+    runtime.shutdown()
+
+
+@pytest.fixture(params=["mock", "endpoint", "engine", "server"])
 def target(request) -> Target:
     if request.param == "mock":
         backend = make_mock()
@@ -94,6 +111,12 @@ def target(request) -> Target:
     if request.param == "endpoint":
         model = MockModel(RULES)
         return Target("endpoint", _endpoint(model), True, model)
+    if request.param == "server":
+        if not _server_available():
+            pytest.skip("the HTTP server (python -m runtime serve) is not there yet")
+        backend = request.getfixturevalue("server_backend")
+        backend.flush_cache()
+        return Target("server", backend, False)
     if not _engine_available():
         pytest.skip("runtime.engine is not importable yet")
     backend = request.getfixturevalue("engine_backend")
