@@ -124,3 +124,32 @@ def test_the_default_backend_is_used_when_none_is_given(monkeypatch):
 
     assert prog()["a"] == " A"  # calling the function runs it
     assert sgl.flush_cache() is True and sgl.get_server_info()["backend"] == "mock"
+
+
+def test_a_streaming_programs_error_reaches_the_iterator():
+    @sgl.function
+    def broken(s):
+        s += "Hello" + sgl.gen("x", max_tokens=2)
+        raise RuntimeError("tool failed")
+
+    state = broken.run(backend=sgl.MockBackend(), stream=True)
+    try:
+        list(state.text_iter())
+    except RuntimeError as exc:
+        assert "tool failed" in str(exc)
+    else:
+        raise AssertionError("the body's error was swallowed")
+
+
+def test_endpoint_with_a_wrong_api_key_fails_with_the_status():
+    import httpx
+    import pytest
+
+    from sgflow.backends.endpoint import RuntimeEndpoint
+    from sgflow.backends.mock_model import MockModel
+    from sgflow.errors import BackendError
+    from tests.lang.fake_server import create_app
+
+    app = create_app(MockModel(), api_key="secret")
+    with pytest.raises(BackendError, match="HTTP 401"):
+        RuntimeEndpoint("http://fake", api_key="wrong", transport=httpx.ASGITransport(app=app))

@@ -131,3 +131,27 @@ def test_unconditional_select_scores_each_choice_alone_too():
     assert state["city"] in ("London", "Paris")
     assert [body["prompt"] for _, body in fake.requests][-2:] == ["London", "Paris"]
     assert state.get_meta_info("city")["method"] == "unconditional_likelihood_normalized"
+
+
+def test_against_our_server_chat_and_echo_scoring(request):
+    from tests.lang.conftest import _server_available
+
+    if not _server_available():
+        pytest.skip("the HTTP server is not there yet")
+    server = request.getfixturevalue("server_backend")
+    name = server.model_info.get("served_model_name") or server.model_path
+    chat_backend = sgl.OpenAI(name, base_url=server.base_url + "/v1", api_key="none")
+    state = chat.run(question="Capital of France?", backend=chat_backend)
+    assert isinstance(state["answer"], str) and state.get_meta_info("answer")["prompt_tokens"] > 0
+
+    @sgl.function
+    def capital(s):
+        s += "The capital of France is " + sgl.select("city", ["London", "Paris", "Rome"])
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # echo scoring works: no fallback warning
+        picked = capital.run(backend=sgl.OpenAI(name, base_url=server.base_url + "/v1", api_key="none", is_chat_model=False))
+    assert picked["city"] in ("London", "Paris", "Rome")
+    assert all(len(x) >= 1 for x in picked.get_meta_info("city")["input_token_logprobs"])
