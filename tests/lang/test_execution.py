@@ -66,7 +66,8 @@ def test_stream_delivers_text_before_the_program_finishes():
 
 def test_run_batch_of_a_thousand_programs_uses_a_bounded_pool():
     backend = sgl.MockBackend({"Q": " A"}, latency=0.01)
-    peak = [threading.active_count()]
+    baseline = threading.active_count()
+    peak = [baseline]
 
     @sgl.function
     def prog(s, i):
@@ -76,7 +77,7 @@ def test_run_batch_of_a_thousand_programs_uses_a_bounded_pool():
     began = time.perf_counter()
     states = prog.run_batch([{"i": i} for i in range(1000)], backend=backend, num_threads=16)
     assert [s["a"] for s in states[:3]] == [" A"] * 3 and len(states) == 1000
-    assert peak[0] <= 16 + 8  # the pool, the loop, pytest's own threads
+    assert peak[0] - baseline <= 16 + 1  # the batch's pool (+ the loop, if it was not running yet)
     assert backend.max_in_flight > 16  # model calls overlap beyond the body threads
     assert time.perf_counter() - began < 20
 

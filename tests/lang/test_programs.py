@@ -139,6 +139,7 @@ def parallel_tips(s, topic):
     for i in range(3):
         s += f"Tip {i + 1}:" + forks[i]["tip"] + "\n"
     s += "In summary," + sgl.gen("summary", max_tokens=8)
+    return forks
 
 
 def test_fork_join_gathers_child_variables_and_shares_the_prefix(target):
@@ -150,6 +151,9 @@ def test_fork_join_gathers_child_variables_and_shares_the_prefix(target):
     metrics = state.get_meta_info()
     kinds = [c["kind"] for c in metrics["calls"]]
     assert kinds[0] == "cache_prefix" and kinds.count("gen") == 1  # the parent's own calls
+    prefix_tokens = metrics["calls"][0]["prompt_tokens"]
+    for child in state.ret_value:  # the runtime reports the shared prefix as cached in every branch
+        assert child.get_meta_info("tip")["cached_tokens"] >= prefix_tokens - 1
     if target.model is not None:
         calls = target.model.calls
         assert calls[0]["sampling_params"].max_new_tokens == 0  # the prefix went first
@@ -391,3 +395,17 @@ def test_sub_programs_compose_on_one_state(target):
     assert "first" in state and state["first"] != "" and state.text().count("Q: ") == 4
     if target.scripted:
         assert (state["first"].strip(), state["answer"].strip()) == ("Tokyo", "Washington")
+
+
+def test_logprobs_are_returned_when_asked(target):
+    @sgl.function
+    def scored(s):
+        s += "Tell me a story:" + sgl.gen("story", max_tokens=6, return_logprob=True, top_logprobs_num=2,
+                                         return_text_in_logprobs=True)
+
+    meta = scored.run(backend=target.backend).get_meta_info("story")
+    entries = meta["output_token_logprobs"]
+    assert len(entries) == meta["completion_tokens"]
+    assert all(isinstance(e[0], float) and e[0] <= 0.0 for e in entries)
+    if target.backend.tokenizer is not None:
+        assert all(isinstance(e[2], str) for e in entries)
