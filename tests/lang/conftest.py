@@ -62,10 +62,8 @@ def _engine_available() -> bool:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_path(tmp_path_factory) -> str:
-    from runtime.model.tiny import build_tiny_model
-
-    return build_tiny_model(str(tmp_path_factory.mktemp("tiny") / "llama"), arch="llama", seed=0)
+def tiny_model_path(tiny_model_dir) -> str:
+    return tiny_model_dir("llama")  # tests/conftest.py builds it once per session
 
 
 @pytest.fixture(scope="session")
