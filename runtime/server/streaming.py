@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from runtime.server.encoding import SSE_DONE, sse
-from runtime.server.errors import engine_errors, from_value_error
+from runtime.server.errors import APIError, engine_errors, from_value_error
 from runtime.server.metrics import TokenGapTimer
+
+logger = logging.getLogger(__name__)
 
 
 class ClientDisconnected(Exception):
@@ -143,14 +146,14 @@ async def sse_response(
     Takes ownership of `ticket` (released when the response ends). Invalid calls raise APIError 400
     before any byte is sent; an error mid-stream is sent as an error event before [DONE].
     """
-    tracking = state.tracking(call["rid"] for call in calls)
-    tracking.__enter__()
+    cleanup = contextlib.ExitStack()
+    cleanup.callback(ticket.release)
+    cleanup.enter_context(state.tracking(call["rid"] for call in calls))
     try:
         with engine_errors(renames):
             session = await StreamSession.open(state.engine, calls)
     except BaseException:
-        tracking.__exit__(None, None, None)
-        ticket.release()
+        cleanup.close()
         raise
 
     async def body() -> AsyncIterator[bytes]:
@@ -166,11 +169,13 @@ async def sse_response(
                 yield sse(obj)
         except ValueError as exc:
             yield sse(from_value_error(exc, renames).body())
+        except Exception:  # the headers are sent: report in-band, never cut the stream silently
+            logger.exception("stream failed")
+            yield sse(APIError(500, "internal server error").body())
         yield SSE_DONE
 
     async def on_close() -> None:
         await session.close()
-        tracking.__exit__(None, None, None)
-        ticket.release()
+        cleanup.close()
 
     return EngineStreamResponse(body(), on_close)
