@@ -111,7 +111,7 @@ def small(workdir):
     expected = hf_greedy(path, prompts, 16)
     out = {}
     variants = {"triton+graphs": {}, "triton": {"disable_cuda_graph": True}, "torch_native": {"attention_backend": "torch_native"},
-                "flashinfer": {"attention_backend": "flashinfer"}, "triton chunk 5": {"chunked_prefill_size": 5}}
+                "triton chunk 5": {"chunked_prefill_size": 5}}
     for name, extra in variants.items():
         opts = {"attention_backend": "triton", **extra}
         from runtime import Engine
@@ -123,6 +123,19 @@ def small(workdir):
             out[name] = "equal" if [g["output_ids"] for g in got] == expected else "DIFFERENT"
         except Exception as exc:
             out[name] = f"error: {exc}"[:200]
+    # FlashInfer runs in 16-bit only: compare it with our Triton kernels, both in bf16
+    bf16 = {}
+    for name in ("triton", "flashinfer"):
+        try:
+            with Engine(model_path=path, dtype="bfloat16", attention_backend=name) as engine:
+                got = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": 16, "temperature": 0, "ignore_eos": True})
+                engine.check_integrity()
+            bf16[name] = [g["output_ids"] for g in got]
+        except Exception as exc:
+            out[f"{name} bf16"] = f"error: {exc}"[:200]
+    if len(bf16) == 2:
+        same = sum(a == b for x, y in zip(bf16["triton"], bf16["flashinfer"]) for a, b in zip(x, y))
+        out["flashinfer vs triton bf16 tokens equal"] = f"{same}/{sum(len(x) for x in bf16['triton'])}"
     return out
 
 

@@ -154,10 +154,18 @@ class Engine:
         results = [self._collect_sync(i.rid, queues[i.rid]) for i in inputs]
         return results if _is_batch(prompt, input_ids) or len(results) > 1 else results[0]
 
+    def _next_event(self, q: "queue.SimpleQueue[dict]") -> dict:
+        while True:
+            try:
+                return q.get(timeout=1.0)
+            except queue.Empty:
+                if not self._thread.is_alive():  # never wait forever on a dead scheduler
+                    raise RuntimeError("the engine's scheduler thread has stopped") from None
+
     def _collect_sync(self, rid: str, q: "queue.SimpleQueue[dict]") -> dict:
         text, ids = [], []
         while True:
-            event = q.get()
+            event = self._next_event(q)
             text.append(event["text"])
             ids.extend(event["output_ids"])
             if event["finished"]:
@@ -173,7 +181,7 @@ class Engine:
         finished = False
         try:
             while not finished:
-                event = queues[rid].get()
+                event = self._next_event(queues[rid])
                 finished = event["finished"]
                 yield {"text": event["text"], "output_ids": event["output_ids"], "meta_info": event["meta_info"]}
         finally:
@@ -280,6 +288,10 @@ class Engine:
         self._closed = True
         self.scheduler.stop()
         self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            # drop every device tensor now (weights, KV pool, graphs), not when the Engine object dies
+            self.scheduler = None
+            self.runner.release()
 
     def __enter__(self) -> "Engine":
         return self

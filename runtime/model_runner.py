@@ -57,6 +57,8 @@ class ModelRunner:
             seed=config.random_seed,
         )
         self.dtype = resolve_dtype(config.dtype, self.model_config)
+        if self.attention_backend_name == "flashinfer" and self.dtype == torch.float32:
+            raise ValueError("attention_backend='flashinfer' needs dtype float16 or bfloat16, not float32")
         self.context_len = self._context_len()
         self.vocab_size = self.model_config.vocab_size
         self.max_total_tokens = self._pool_size()
@@ -103,6 +105,18 @@ class ModelRunner:
 
         max_bs = min(self.config.cuda_graph_max_bs, self.config.max_running_requests)
         return CudaGraphRunner(self, max_bs)
+
+    def release(self) -> None:
+        """Free device memory held by the model, the KV pool and the CUDA graphs."""
+        import gc
+
+        self.cuda_graph = None
+        self.model = None
+        self.kv_pool = None
+        self.attn_backend = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def decode(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [B, vocab] float32 for a decode batch: CUDA-graph replay when captured."""

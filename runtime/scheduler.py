@@ -78,7 +78,7 @@ class Scheduler:
                 kind, payload = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
             except queue.Empty:
                 if block and not self.has_work():
-                    self.check_integrity()  # idle: the pool must be whole
+                    self._idle_check()
                     continue
                 return
             block = False
@@ -107,9 +107,11 @@ class Scheduler:
                 self._run_decode()
         except Exception as exc:  # a failed step must not take the server down or leak its slots
             logger.error("step failed: %s", traceback.format_exc())
+            message = f"internal error: {type(exc).__name__}: {exc}"
             for req in batch_reqs:
                 if not req.finished:
-                    self._abort(req.rid, f"internal error: {type(exc).__name__}: {exc}")
+                    self._remove_everywhere(req)  # NOTE: admitted requests are in no queue yet
+                    self._finish(req, abort_reason(message))
 
     # ------------------------------------------------------------------ extend
     def _schedule_extend(self) -> list[Admission]:
@@ -252,15 +254,17 @@ class Scheduler:
 
     def _abort(self, rid: str, message: str) -> None:
         for req in [*self.waiting, *self.running, *([self.chunked] if self.chunked else [])]:
-            if req.rid != rid or req.finished:
-                continue
-            if req in self.waiting:
-                self.waiting.remove(req)
-            if req in self.running:
-                self.running.remove(req)
-            if req is self.chunked:
-                self.chunked = None
-            self._finish(req, abort_reason(message))
+            if req.rid == rid and not req.finished:
+                self._remove_everywhere(req)
+                self._finish(req, abort_reason(message))
+
+    def _remove_everywhere(self, req: Req) -> None:
+        if req in self.waiting:
+            self.waiting.remove(req)
+        if req in self.running:
+            self.running.remove(req)
+        if req is self.chunked:
+            self.chunked = None
 
     def _abort_everything(self, message: str) -> None:
         for req in [*self.waiting, *self.running, *([self.chunked] if self.chunked else [])]:
@@ -294,6 +298,13 @@ class Scheduler:
             fb.extend_prefix_lens = fb.extend_prefix_lens_cpu.to(device=device, dtype=torch.int32)
             fb.extend_seq_lens = fb.extend_seq_lens_cpu.to(device=device, dtype=torch.int32)
         return fb
+
+    def _idle_check(self) -> None:
+        """Idle: the pool must be whole. A failure is logged loudly but must not stop serving."""
+        try:
+            self.check_integrity()
+        except AssertionError:
+            logger.error("KV memory integrity check failed while idle: %s", traceback.format_exc())
 
     def check_integrity(self) -> None:
         """When idle: every KV slot is free or cached, nothing is locked, every row is free."""
