@@ -17,6 +17,9 @@ from runtime.request import Req
 
 # Past this many waiting requests, lpm's per-request tree matching costs more than it saves.
 LPM_MAX_WAITING = 128
+# Requests whose first this-many tokens equal those of a request already in the batch, and that the
+# cache cannot serve yet, wait one step: the first one's prefix is cached when its prefill ends.
+SHARED_PREFIX_KEY_LEN = 32
 
 
 def order_waiting(waiting: list[Req], policy: str, cache: BasePrefixCache) -> list[Req]:
@@ -52,6 +55,7 @@ class PrefillAdder:
         self.token_budget = self.config.max_prefill_tokens
         self.chunk_budget = self.config.chunked_prefill_size if self.config.chunked_prefill_enabled else None
         self._reserved = sum(self._decode_reserve(r) for r in self.running)
+        self._batch_keys: set[tuple[int, ...]] = set()
 
     def _decode_reserve(self, req: Req) -> int:
         return int(req.remaining_new_tokens() * self.config.new_token_ratio)
@@ -66,8 +70,9 @@ class PrefillAdder:
             limit = min(limit, max(req.logprob_start_len - 1, 0))
         return max(limit, 0)
 
-    def try_add(self, req: Req) -> bool:
-        """Admit `req` (a new/retracted request, or the continuing chunked one) if resources allow."""
+    def try_add(self, req: Req) -> Optional[bool]:
+        """Admit `req` (a new/retracted request, or the continuing chunked one) if resources allow.
+        True: admitted. False: the batch is full, stop. None: deferred to a later step, go on."""
         if len(self.running) + len(self.admitted) >= self.config.max_running_requests:
             return False
         if self.token_budget <= 0 or (self.chunk_budget is not None and self.chunk_budget <= 0):
@@ -82,6 +87,8 @@ class PrefillAdder:
             match = self.cache.match_prefix(req.fill_ids[: self._max_prefix(req)])
             prefix_slots, handle = match.kv_indices, match.handle
             prefix_len = len(prefix_slots)
+            if self._shares_uncached_prefix(req, prefix_len):
+                return None
             self.cache.lock(handle)  # NOTE: lock before evicting anything, or we may evict our own prefix
         remaining = req.seq_len - prefix_len
         extend_len = min(remaining, self.token_budget)
@@ -99,11 +106,20 @@ class PrefillAdder:
         if not continuing:
             req.cache_handle = handle
         self.admitted.append(Admission(req, prefix_slots, extend_len, is_last))
+        if len(req.fill_ids) > SHARED_PREFIX_KEY_LEN:
+            self._batch_keys.add(tuple(req.fill_ids[:SHARED_PREFIX_KEY_LEN]))
         self.token_budget -= extend_len
         if self.chunk_budget is not None:
             self.chunk_budget -= extend_len
         self._reserved += reserve + extend_len
         return True
+
+    def _shares_uncached_prefix(self, req: Req, prefix_len: int) -> bool:
+        if self.config.disable_radix_cache or prefix_len >= SHARED_PREFIX_KEY_LEN:
+            return False
+        if len(req.fill_ids) <= SHARED_PREFIX_KEY_LEN:
+            return False
+        return tuple(req.fill_ids[:SHARED_PREFIX_KEY_LEN]) in self._batch_keys
 
     def _reject(self, req: Req, continuing: bool, handle) -> bool:
         if not continuing:

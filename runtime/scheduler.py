@@ -118,10 +118,10 @@ class Scheduler:
         if not self.waiting and self.chunked is None:
             return []
         adder = PrefillAdder(self.config, self.cache, self.allocator, self.req_pool, self.running)
-        if self.chunked is not None and not adder.try_add(self.chunked):
+        if self.chunked is not None and adder.try_add(self.chunked) is not True:
             return []
         for req in order_waiting(self.waiting, self.config.schedule_policy, self.cache):
-            if not adder.try_add(req):
+            if adder.try_add(req) is False:
                 break
         admitted = {id(a.req) for a in adder.admitted}
         self.waiting = [r for r in self.waiting if id(r) not in admitted]
@@ -149,6 +149,9 @@ class Scheduler:
         hidden = self.runner.forward(fb)
         finishing = self.sampler.extend_logits(admissions, hidden, prefix_lens, extend_lens)
         self.chunked = next((a.req for a in admissions if not a.is_last_chunk), None)
+        if not self.config.disable_radix_cache:
+            for a in admissions:
+                self._cache_prefill(a.req)
         if finishing:
             reqs, logits = finishing
             keep = [i for i, r in enumerate(reqs) if r.sampling_params.max_new_tokens > 0]
@@ -159,6 +162,21 @@ class Scheduler:
                 reqs = [reqs[i] for i in keep]
                 logits = logits[torch.tensor(keep, dtype=torch.int64, device=logits.device)]
                 self._append_tokens(reqs, self.sampler.sample(reqs, logits), logits, joining=True)
+
+    def _cache_prefill(self, req: Req) -> None:
+        """Hand the KV just computed to the prefix cache at once (not only when the request ends),
+        so requests admitted after it, and its own later chunks, reuse it. The request keeps it
+        locked; where another request cached the same positions first, ours are duplicates."""
+        row, kv_len = req.req_pool_idx, req.kv_len
+        slots = self.req_pool.read(row, kv_len)
+        inserted = self.cache.insert(req.fill_ids[:kv_len], slots)
+        if inserted.num_cached > req.cached_len:
+            self.allocator.free(slots[req.cached_len : inserted.num_cached])
+            match = self.cache.match_prefix(req.fill_ids[: inserted.num_cached])
+            self.req_pool.write(row, 0, match.kv_indices)  # point at the cached copies instead
+        self.cache.lock(inserted.handle)
+        self.cache.unlock(req.cache_handle)
+        req.cache_handle, req.cached_len = inserted.handle, kv_len
 
     def _place(self, req: Req, prefix_slots: torch.Tensor) -> None:
         req.req_pool_idx = self.req_pool.allocate()

@@ -101,3 +101,24 @@ def test_repeated_prompt_hits_cache_up_to_last_token(references):
         assert again["output_ids"] == expected[1]
         # one token must be computed to get logits; everything before it comes from the cache
         assert again["meta_info"]["cached_tokens"] == len(ids[1]) - 1
+
+
+def test_batch_sharing_a_long_prefix_prefills_it_once(references):
+    """Submitted together, requests with a common prefix wait for the first one's prefill and then
+    reuse its KV: nearly every shared token is a cache hit, and output is still exact."""
+    path, ids, _ = references["llama"]
+    shared = (ids[4] * 4)[:100]
+    prompts = [shared + [10 + i, 20 + i] for i in range(12)]
+    expected = hf_greedy(path, prompts, 4)
+    with checked_engine(model_path=path, dtype="float32") as engine:
+        outs = engine.generate(input_ids=prompts, sampling_params={**GREEDY, "max_new_tokens": 4})
+        assert [o["output_ids"] for o in outs] == expected
+        cached = sum(o["meta_info"]["cached_tokens"] for o in outs)
+        assert cached >= 11 * len(shared)
+
+
+def test_chunked_prompt_reuses_its_own_cached_chunks_when_retracted(references):
+    path, ids, expected = references["qwen3"]
+    with checked_engine(model_path=path, dtype="float32", chunked_prefill_size=3, max_total_tokens=64) as engine:
+        outs = engine.generate(input_ids=ids, sampling_params=GREEDY)
+        assert [o["output_ids"] for o in outs] == expected
