@@ -250,6 +250,10 @@ class Engine:
     def abort(self, rid: str) -> None:
         self.scheduler.abort(rid)
 
+    def abort_all(self) -> None:
+        """Abort every waiting and running request (their owners get finish_reason abort)."""
+        self.scheduler.call(lambda s: s._abort_everything("aborted by abort_all")).result()
+
     def flush_cache(self) -> bool:
         """Drop the prefix cache. Refused (False) while requests are running or waiting."""
         def flush(s):
@@ -275,6 +279,8 @@ class Engine:
                 "generation_tokens": s.stats.generation_tokens,
                 "cache_hit_rate": s.stats.cache_hit_rate,
                 "num_retractions": s.stats.num_retractions,
+                "num_finished": s.stats.num_finished,
+                "num_aborted": s.stats.num_aborted,
                 "kv_free": s.allocator.num_free,
                 "kv_cached": s.cache.total_size,
                 "kv_total": s.allocator.size,

@@ -69,6 +69,11 @@ def normalize_inputs(
         id_lists = input_ids if isinstance(input_ids[0], list) else [input_ids]
     count = len(id_lists)
     params = [SamplingParams.from_dict(p) for p in _per_item(sampling_params, count, "sampling_params")]
+    for p in params:  # the configured limits may be tighter than the dataclass's hard ones
+        if p.n > engine.config.max_n:
+            raise ValueError(f"n must be <= {engine.config.max_n}, got {p.n}")
+        if len(p.stop) > engine.config.max_stop_strings:
+            raise ValueError(f"stop has {len(p.stop)} strings; the limit is {engine.config.max_stop_strings}")
     logprob = _per_item(return_logprob, count, "return_logprob")
     start = _per_item(logprob_start_len, count, "logprob_start_len")
     top = _per_item(top_logprobs_num, count, "top_logprobs_num")

@@ -108,11 +108,12 @@ class OutputProcessor:
         if req.first_token_at is not None:
             info["ttft"] = req.first_token_at - req.created_at
         if req.return_logprob:
-            info["input_token_logprobs"] = req.input_token_logprobs
-            info["output_token_logprobs"] = req.output_token_logprobs
+            # NOTE: copies: the scheduler keeps appending to these lists after the event is sent
+            info["input_token_logprobs"] = list(req.input_token_logprobs)
+            info["output_token_logprobs"] = list(req.output_token_logprobs)
             if req.top_logprobs_num > 0:
-                info["input_top_logprobs"] = req.input_top_logprobs
-                info["output_top_logprobs"] = req.output_top_logprobs
+                info["input_top_logprobs"] = list(req.input_top_logprobs)
+                info["output_top_logprobs"] = list(req.output_top_logprobs)
         return info
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from runtime.request import Req
 
@@ -17,9 +16,6 @@ class SchedulerStats:
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
     generation_tokens: int = 0
-    ttft_seconds: list[float] = field(default_factory=list)  # drained by the metrics exporter
-    inter_token_seconds: list[float] = field(default_factory=list)
-    _last_token_at: dict[str, float] = field(default_factory=dict)
 
     def on_arrival(self, req: Req) -> None:
         self.num_requests += 1
@@ -29,17 +25,10 @@ class SchedulerStats:
         self.cached_prompt_tokens += req.cached_tokens
 
     def on_token(self, req: Req) -> None:
+        # NOTE: latency histograms live in the server (it sees when text reaches the client)
         self.generation_tokens += 1
-        now = time.monotonic()
-        last = self._last_token_at.get(req.rid)
-        if last is None:
-            self.ttft_seconds.append(now - req.created_at)
-        else:
-            self.inter_token_seconds.append(now - last)
-        self._last_token_at[req.rid] = now
 
     def on_finish(self, req: Req) -> None:
-        self._last_token_at.pop(req.rid, None)
         if req.finished_reason is not None and req.finished_reason.type == "abort":
             self.num_aborted += 1
         else:
@@ -48,8 +37,3 @@ class SchedulerStats:
     @property
     def cache_hit_rate(self) -> float:
         return self.cached_prompt_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
-
-    def drain_latencies(self) -> tuple[list[float], list[float]]:
-        ttft, itl = self.ttft_seconds, self.inter_token_seconds
-        self.ttft_seconds, self.inter_token_seconds = [], []
-        return ttft, itl

@@ -1,4 +1,5 @@
-"""Building blocks of Llama-family models, in plain torch (fused GPU kernels replace them later).
+"""Building blocks of Llama-family models in plain torch; on a GPU the elementwise ones run as fused
+Triton kernels (runtime/model/fused.py) with the same rounding.
 
 Parameters are allocated with `torch.empty` and never initialised here: the loader builds the model
 directly on its device in its dtype and then fills every parameter (from a checkpoint, or randomly for
@@ -12,8 +13,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def fused_kernels(x: torch.Tensor):
+    """The Triton module for tensors on a GPU, else None (the plain torch code below runs)."""
+    if not x.is_cuda:
+        return None
+    try:
+        from runtime.model import fused
+    except ImportError:  # no triton: stay on torch
+        return None
+    return fused
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """HF's RMSNorm exactly: normalise in float32, cast back to x's dtype, then scale by weight."""
+    fused = fused_kernels(x)
+    if fused is not None:
+        return fused.rms_norm(x.reshape(-1, x.shape[-1]), weight, eps).view(x.shape)
     x_float = x.float()
     variance = x_float.pow(2).mean(-1, keepdim=True)
     return weight * (x_float * torch.rsqrt(variance + eps)).to(x.dtype)
@@ -24,6 +39,9 @@ def add_rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The pre-norm step between sublayers: new_residual = x + residual (in the model dtype, as HF
     adds), returns (rms_norm(new_residual), new_residual). One call so a fused kernel can take over."""
+    fused = fused_kernels(x)
+    if fused is not None and x.dim() == 2:
+        return fused.rms_norm(x, weight, eps, residual=residual)
     new_residual = x + residual
     return rms_norm(new_residual, weight, eps), new_residual
 
@@ -100,5 +118,9 @@ class GatedMLP(nn.Module):
         self.down_proj = Linear(intermediate_size, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj.split(self.gate_up_proj(x))  # [T, 2I] → 2 × [T, I]
+        gate_up = self.gate_up_proj(x)  # [T, 2I]
+        fused = fused_kernels(gate_up)
+        if fused is not None:
+            return self.down_proj(fused.silu_and_mul(gate_up))  # [T, hidden]
+        gate, up = self.gate_up_proj.split(gate_up)  # 2 × [T, I]
         return self.down_proj(F.silu(gate) * up)  # [T, hidden]

@@ -44,8 +44,15 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [T, heads, D] by cos, sin [T, D/2] (float32). Computed in float32, returned in x's dtype."""
+    """Rotate x [T, heads, D] by cos, sin [T, D/2] (float32). Computed in float32, returned in x's dtype.
+    On a GPU x is rotated in place by one fused kernel (it is a view of this step's qkv output)."""
     half = x.shape[-1] // 2
+    if x.is_cuda and half & (half - 1) == 0 and x.stride(-1) == 1:
+        from runtime.model.layers import fused_kernels
+
+        fused = fused_kernels(x)
+        if fused is not None:
+            return fused.rotary_(x, cos, sin)
     x_float = x.float()
     x1, x2 = x_float[..., :half], x_float[..., half:]
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [T, 1, D/2], broadcast over heads

@@ -1,0 +1,96 @@
+"""Fused elementwise kernels for the GPU (Triton): RMSNorm with the residual add, SiLU·mul, rotary.
+
+At batch 1 a Llama layer is ~25 tiny elementwise kernels around 4 matmuls; each costs a launch and a
+trip through memory. These replace them one kernel each, with the exact rounding of the torch
+versions in layers.py / rotary.py (float32 math, cast to the model dtype where torch casts), so
+outputs match them bit for bit in float32 and to rounding in 16-bit. CPU tensors never come here,
+except in tests under TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, stride_x, stride_r, stride_o, eps,
+                     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        x = x + tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0)  # added in the model dtype
+        tl.store(res_out_ptr + row * n_cols + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    variance = tl.sum(xf * xf, axis=0) / n_cols
+    normed = (xf * tl.rsqrt(variance + eps)).to(x.dtype)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    tl.store(out_ptr + row * stride_o + cols, (w.to(tl.float32) * normed.to(tl.float32)).to(x.dtype), mask=mask)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """x [T, N] → rms_norm(x) (and with `residual`: (rms_norm(x + residual), x + residual))."""
+    rows, cols = x.shape
+    out = torch.empty((rows, cols), dtype=x.dtype, device=x.device)
+    res_out = torch.empty_like(out) if residual is not None else out
+    if rows:
+        _rms_norm_kernel[(rows,)](
+            x, residual if residual is not None else x, weight, out, res_out, cols, x.stride(0),
+            residual.stride(0) if residual is not None else 0, out.stride(0), eps,
+            HAS_RESIDUAL=residual is not None, BLOCK=triton.next_power_of_2(cols), num_warps=8 if cols >= 2048 else 4,
+        )
+    return (out, res_out) if residual is not None else out
+
+
+@triton.jit
+def _silu_mul_kernel(x_ptr, out_ptr, n_cols, stride_x, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    up = tl.load(x_ptr + row * stride_x + n_cols + cols, mask=mask, other=0.0)
+    g = gate.to(tl.float32)
+    act = (g / (1.0 + tl.exp(-g))).to(gate.dtype)  # F.silu rounds to the model dtype
+    tl.store(out_ptr + row * n_cols + cols, (act.to(tl.float32) * up.to(tl.float32)).to(gate.dtype), mask=mask)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [T, 2I] (gate rows first) → silu(gate) * up, [T, I]."""
+    rows, width = gate_up.shape
+    half = width // 2
+    out = torch.empty((rows, half), dtype=gate_up.dtype, device=gate_up.device)
+    if rows:
+        block = 1024
+        _silu_mul_kernel[(rows, triton.cdiv(half, block))](gate_up, out, half, gate_up.stride(0), BLOCK=block)
+    return out
+
+
+@triton.jit
+def _rotary_kernel(x_ptr, cos_ptr, sin_ptr, stride_t, stride_h, stride_cs, num_heads,
+                   HALF: tl.constexpr, BLOCK_H: tl.constexpr):
+    token = tl.program_id(0)
+    heads = tl.arange(0, BLOCK_H)[:, None]
+    offs = tl.arange(0, HALF)[None, :]
+    mask = heads < num_heads
+    cos = tl.load(cos_ptr + token * stride_cs + offs)
+    sin = tl.load(sin_ptr + token * stride_cs + offs)
+    base = x_ptr + token * stride_t + heads * stride_h
+    x1 = tl.load(base + offs, mask=mask, other=0.0)
+    x2 = tl.load(base + HALF + offs, mask=mask, other=0.0)
+    a, b = x1.to(tl.float32), x2.to(tl.float32)
+    tl.store(base + offs, (a * cos - b * sin).to(x1.dtype), mask=mask)
+    tl.store(base + HALF + offs, (b * cos + a * sin).to(x1.dtype), mask=mask)
+
+
+def rotary_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [T, heads, D] in place (x may be a strided view, e.g. of a fused qkv output) by
+    cos, sin [T, D/2] float32 (rotate-half layout). Returns x."""
+    tokens, heads, dim = x.shape
+    assert x.stride(2) == 1 and cos.stride(1) == 1 and cos.stride(0) == sin.stride(0)
+    if tokens:
+        _rotary_kernel[(tokens,)](x, cos, sin, x.stride(0), x.stride(1), cos.stride(0), heads,
+                                  HALF=dim // 2, BLOCK_H=triton.next_power_of_2(heads))
+    return x
