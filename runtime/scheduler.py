@@ -297,24 +297,30 @@ class Scheduler:
         self, mode, input_ids, positions, out_loc, rows, seq_lens, prefix_lens=None, extend_lens=None
     ) -> ForwardBatch:
         device = self.runner.device
-        seq_lens_cpu = torch.tensor(seq_lens, dtype=torch.int64)
+        bsz = len(rows)
+        # one host tensor and one host→device copy for all per-request integers (each copy is a sync)
+        per_req = [rows, seq_lens] + ([prefix_lens, extend_lens] if mode is ForwardMode.EXTEND else [])
+        host = torch.tensor(input_ids + positions + [v for column in per_req for v in column], dtype=torch.int64)
+        dev = host.to(device, non_blocking=True)
+        num_tokens = len(input_ids)
+        per_req_dev = dev[2 * num_tokens :].view(len(per_req), bsz)
+        per_req_cpu = host[2 * num_tokens :].view(len(per_req), bsz)
         fb = ForwardBatch(
             mode=mode,
-            batch_size=len(rows),
-            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=device),
-            positions=torch.tensor(positions, dtype=torch.int64, device=device),
-            req_pool_indices=torch.tensor(rows, dtype=torch.int64, device=device),
-            seq_lens=seq_lens_cpu.to(device=device, dtype=torch.int32),
+            batch_size=bsz,
+            input_ids=dev[:num_tokens],
+            positions=dev[num_tokens : 2 * num_tokens],
+            req_pool_indices=per_req_dev[0],
+            seq_lens=per_req_dev[1].to(torch.int32),
             out_cache_loc=out_loc.to(device),
             req_to_token=self.req_pool.req_to_token,
             kv_pool=self.runner.kv_pool,
-            seq_lens_cpu=seq_lens_cpu,
+            seq_lens_cpu=per_req_cpu[1],
         )
         if mode is ForwardMode.EXTEND:
-            fb.extend_prefix_lens_cpu = torch.tensor(prefix_lens, dtype=torch.int64)
-            fb.extend_seq_lens_cpu = torch.tensor(extend_lens, dtype=torch.int64)
-            fb.extend_prefix_lens = fb.extend_prefix_lens_cpu.to(device=device, dtype=torch.int32)
-            fb.extend_seq_lens = fb.extend_seq_lens_cpu.to(device=device, dtype=torch.int32)
+            fb.extend_prefix_lens_cpu, fb.extend_seq_lens_cpu = per_req_cpu[2], per_req_cpu[3]
+            fb.extend_prefix_lens = per_req_dev[2].to(torch.int32)
+            fb.extend_seq_lens = per_req_dev[3].to(torch.int32)
         return fb
 
     def _idle_check(self) -> None:
