@@ -49,6 +49,7 @@ class Engine:
             self.tokenizer,
             timeout_s=self.config.grammar_compile_timeout,
             whitespace_pattern=self.config.json_whitespace_pattern,
+            eos_token_ids=self.eos_token_ids,
         )
 
     # ------------------------------------------------------------------ info
@@ -294,6 +295,8 @@ class Engine:
         self._closed = True
         self.scheduler.stop()
         self._thread.join(timeout=30)
+        if self.grammars is not None:
+            self.grammars.close()  # its compile workers must not outlive the engine
         if not self._thread.is_alive():
             # drop every device tensor now (weights, KV pool, graphs), not when the Engine object dies
             self.scheduler = None

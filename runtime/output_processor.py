@@ -49,6 +49,27 @@ class OutputProcessor:
         if len(req.output_ids) >= params.max_new_tokens:
             req.finished_reason = FinishReason("length", length=params.max_new_tokens)
 
+    def restart_decoding(self, req: Req, keep: int) -> None:
+        """Output ids from `keep` on were rewritten (jump-forward): decode again from there. The
+        text does not change (the new ids spell the old text plus forced text), so what was already
+        sent stays valid."""
+        req.decoded_text = self.tokenizer.decode(
+            req.output_ids[:keep], skip_special_tokens=req.sampling_params.skip_special_tokens
+        )
+        req.detok_prefix_offset = req.detok_read_offset = keep
+        req.sent_ids_len = min(req.sent_ids_len, keep)
+        if req.sampling_params.stop:
+            self._decode(req)
+
+    def finish_after_jump(self, req: Req) -> Optional[FinishReason]:
+        params = req.sampling_params
+        if len(req.output_ids) >= params.max_new_tokens:
+            del req.output_ids[params.max_new_tokens :]
+            return FinishReason("length", length=params.max_new_tokens)
+        if req.grammar.is_terminated():
+            return FinishReason("stop", matched=None)
+        return None
+
     def _decode(self, req: Req) -> None:
         delta, req.detok_prefix_offset, req.detok_read_offset = decode_increment(
             self.tokenizer,

@@ -63,6 +63,7 @@ class Req:
     finished_reason: Optional[FinishReason] = None
     cached_tokens: int = 0  # prompt tokens served from the cache (first admission)
     num_retractions: int = 0
+    admitted_before: bool = False
     jump_forward_tokens: int = 0
     input_token_logprobs: list = field(default_factory=list)
     input_top_logprobs: list = field(default_factory=list)

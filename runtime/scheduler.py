@@ -36,6 +36,8 @@ class Scheduler:
         self.cache = create_prefix_cache(self.allocator, config.disable_radix_cache)
         self.output = OutputProcessor(tokenizer)
         self.sampler = StepSampler(runner, tokenizer, config)
+        # jump-forward re-runs forced tokens as an extend and relies on the radix cache to keep the rest
+        self.jump_forward_enabled = not (config.disable_jump_forward or config.disable_radix_cache)
         self.waiting: list[Req] = []
         self.running: list[Req] = []
         self.chunked: Optional[Req] = None
@@ -182,7 +184,8 @@ class Scheduler:
         req.req_pool_idx = self.req_pool.allocate()
         self.req_pool.write(req.req_pool_idx, 0, prefix_slots)
         req.cached_len = req.kv_len = len(prefix_slots)
-        if req.num_retractions == 0:
+        if not req.admitted_before:  # report the hit of the first admission, not of re-admissions
+            req.admitted_before = True
             req.cached_tokens = req.cached_len
             self.stats.on_prefix_hit(req)
 
@@ -246,9 +249,46 @@ class Scheduler:
                     self.running.remove(req)
                 self._finish(req, req.finished_reason)
                 continue
+            if req.grammar is not None and self.jump_forward_enabled and self._jump_forward(req, joining):
+                continue
             if joining:
                 self.running.append(req)
             self.output.emit(req, req.stream)
+
+    def _jump_forward(self, req: Req, joining: bool) -> bool:
+        """Append the text the grammar forces next as natural tokens, then send the request back
+        through one extend step (k forced tokens cost one step instead of k). True if it jumped."""
+        from runtime.constrained.jump_forward import jump_forward
+
+        jump = jump_forward(self.output.tokenizer, req.grammar, req.output_ids)
+        if jump is None:
+            return False
+        keep = len(req.output_ids) - jump.num_rollback
+        req.output_ids[keep:] = jump.new_token_ids
+        req.jump_forward_tokens += len(jump.new_token_ids)
+        if req.return_logprob:  # forced tokens were not sampled: they have no logprob
+            del req.output_token_logprobs[keep:]
+            req.output_token_logprobs.extend((None, t, None) for t in jump.new_token_ids)
+            if req.top_logprobs_num:
+                del req.output_top_logprobs[keep:]
+                req.output_top_logprobs.extend(None for _ in jump.new_token_ids)
+        self.output.restart_decoding(req, keep)
+        if not joining:
+            self.running.remove(req)
+        # KV of rewritten positions is stale: drop it (own slots only; cached ones stay with the cache)
+        valid = min(req.kv_len, len(req.origin_input_ids) + keep)
+        own_start = max(valid, req.cached_len)
+        if req.kv_len > own_start:
+            self.allocator.free(self.req_pool.read(req.req_pool_idx, req.kv_len, start=own_start))
+        req.kv_len = valid
+        reason = self.output.finish_after_jump(req)
+        if reason is not None:
+            self._finish(req, reason)
+            return True
+        self._release(req)
+        self.waiting.insert(0, req)
+        self.output.emit(req, req.stream)
+        return True
 
     def _finish(self, req: Req, reason: FinishReason) -> None:
         req.finished_reason = reason
