@@ -254,7 +254,9 @@ def test_dtype_int_and_str(target):
     state = _constrained(target, decode_int, temperature=0)
     if state is not None:
         assert re.fullmatch(r"[-+]?[0-9]+", state["hours"]) and re.fullmatch(r"[-+]?[0-9]+", state["days"])
-        assert state["name"].startswith('"') and state["name"].endswith('"')
+        assert state["name"].startswith('"')
+        if state.get_meta_info("name")["finish_reason"]["type"] == "stop":  # not cut by max_tokens
+            assert state["name"].endswith('"') and len(state["name"]) >= 2
     if target.scripted:
         assert (int(state["hours"]), int(state["days"])) == (24, 365)
 
@@ -282,8 +284,10 @@ def test_json_schema_constraint(target):
         s += "Describe Paris. JSON:" + sgl.gen("json", json_schema=schema, max_tokens=64)
 
     state = _constrained(target, city, temperature=0)
-    if state is not None:
-        jsonschema.validate(json.loads(state["json"]), schema)
+    if state is not None and state.get_meta_info("json")["finish_reason"]["type"] == "stop":
+        jsonschema.validate(json.loads(state["json"]), schema)  # (a random model may hit max_tokens first)
+    elif state is not None:
+        assert state["json"].startswith('{"name":"')
 
 
 def test_constraint_on_a_backend_that_cannot_enforce_it_fails_clearly():
