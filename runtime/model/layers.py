@@ -13,15 +13,56 @@ import torch.nn.functional as F
 from torch import nn
 
 
+_FUSED_STATE = {"checked": False, "ok": False}
+
+
 def fused_kernels(x: torch.Tensor):
-    """The Triton module for tensors on a GPU, else None (the plain torch code below runs)."""
+    """The Triton module for tensors on a GPU, else None (the plain torch code below runs).
+    The kernels are checked against the torch code once per process before first use; any error or
+    mismatch switches them off (with a warning) rather than serving wrong numbers."""
     if not x.is_cuda:
         return None
+    if not _FUSED_STATE["checked"]:
+        _FUSED_STATE["checked"] = True
+        _FUSED_STATE["ok"] = _self_check(x.device)
+    if not _FUSED_STATE["ok"]:
+        return None
+    from runtime.model import fused
+
+    return fused
+
+
+def _self_check(device: torch.device) -> bool:
+    import logging
+    import os
+
+    if os.environ.get("SGFLOW_DISABLE_FUSED") == "1":
+        return False
     try:
         from runtime.model import fused
-    except ImportError:  # no triton: stay on torch
-        return None
-    return fused
+
+        gen = torch.Generator(device=device).manual_seed(0)
+        x, r, w = (torch.randn(3, 256, device=device, generator=gen) for _ in range(3))
+        normed, summed = fused.rms_norm(x, w[0], 1e-5, residual=r)
+        ok = torch.allclose(summed, x + r) and torch.allclose(normed, _torch_rms_norm(x + r, w[0], 1e-5), atol=1e-5)
+        gate_up = torch.randn(2, 512, device=device, generator=gen)
+        ok = ok and torch.allclose(fused.silu_and_mul(gate_up), F.silu(gate_up[:, :256]) * gate_up[:, 256:], atol=1e-5)
+        q = torch.randn(2, 4, 64, device=device, generator=gen)
+        cos, sin = torch.rand(2, 32, device=device, generator=gen), torch.rand(2, 32, device=device, generator=gen)
+        want = torch.cat((q[..., :32] * cos[:, None] - q[..., 32:] * sin[:, None],
+                          q[..., 32:] * cos[:, None] + q[..., :32] * sin[:, None]), dim=-1)
+        ok = ok and torch.allclose(fused.rotary_(q.clone(), cos, sin), want, atol=1e-5)
+    except Exception:  # no triton, or a kernel that does not build here: stay on torch
+        logging.getLogger(__name__).warning("fused kernels unavailable; using torch", exc_info=True)
+        return False
+    if not ok:
+        logging.getLogger(__name__).warning("fused kernels disagree with torch; using torch")
+    return bool(ok)
+
+
+def _torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x_float = x.float()
+    return weight * (x_float * torch.rsqrt(x_float.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
