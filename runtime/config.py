@@ -43,7 +43,6 @@ class EngineConfig:
     attention_backend: str = _opt("auto", "Attention kernels.", ("auto", "torch_native", "triton", "flashinfer"))
     disable_cuda_graph: bool = _opt(False, "Run decode without CUDA graphs.")
     cuda_graph_max_bs: int = _opt(256, "Largest decode batch captured in a CUDA graph.")
-    disable_overlap_schedule: bool = _opt(False, "Do not prepare step N+1 while step N runs.")
     # --- constrained decoding
     disable_jump_forward: bool = _opt(False, "Decode forced grammar text token by token.")
     grammar_compile_timeout: float = _opt(10.0, "Seconds a regex/schema may take to compile.")

@@ -109,12 +109,22 @@ class Engine:
         if self._closed:
             raise RuntimeError("the engine is shut down")
         inputs = normalize_inputs(self, stream=stream, **kwargs)
+        if stream and len(inputs) != 1:
+            raise ValueError("stream=True takes one prompt (and n == 1)")
         with self._live_lock:
             clash = [i.rid for i in inputs if i.rid in self._live]
             if clash:
                 raise ValueError(f"rid {clash[0]!r} is already in use by a running request")
             self._live.update(i.rid for i in inputs)
         return inputs
+
+    def _build_reqs(self, inputs: list[GenerateInput], emit_for) -> list[Req]:
+        try:
+            return self._make_reqs(inputs, emit_for)  # may compile grammars: raises on a bad spec
+        except BaseException:
+            for i in inputs:
+                self._done(i.rid)
+            raise
 
     def _submit(self, reqs: list[Req]) -> None:
         for req in reqs:
@@ -143,15 +153,9 @@ class Engine:
                       top_logprobs_num=top_logprobs_num, rid=rid)
         inputs = self._prepare(stream, **kwargs)
         queues = {i.rid: queue.SimpleQueue() for i in inputs}
-        try:
-            reqs = self._make_reqs(inputs, lambda r: queues[r].put)
-        except BaseException:
-            for i in inputs:
-                self._done(i.rid)
-            raise
-        self._submit(reqs)
+        self._submit(self._build_reqs(inputs, lambda r: queues[r].put))
         if stream:
-            return self._stream_sync(inputs, queues)
+            return self._stream_sync(inputs[0].rid, queues[inputs[0].rid])
         results = [self._collect_sync(i.rid, queues[i.rid]) for i in inputs]
         return results if _is_batch(prompt, input_ids) or len(results) > 1 else results[0]
 
@@ -173,16 +177,11 @@ class Engine:
                 self._done(rid)
                 return {"text": "".join(text), "output_ids": ids, "meta_info": event["meta_info"]}
 
-    def _stream_sync(self, inputs: list[GenerateInput], queues) -> Iterator[dict]:
-        if len(inputs) != 1:
-            for i in inputs:
-                self.abort(i.rid)
-            raise ValueError("stream=True takes one prompt (and n == 1)")
-        rid = inputs[0].rid
+    def _stream_sync(self, rid: str, q: "queue.SimpleQueue[dict]") -> Iterator[dict]:
         finished = False
         try:
             while not finished:
-                event = self._next_event(queues[rid])
+                event = self._next_event(q)
                 finished = event["finished"]
                 yield {"text": event["text"], "output_ids": event["output_ids"], "meta_info": event["meta_info"]}
         finally:
@@ -204,18 +203,8 @@ class Engine:
         def emit_for(r):
             return lambda event: loop.call_soon_threadsafe(queues[r].put_nowait, event)
 
-        try:
-            reqs = await loop.run_in_executor(None, self._make_reqs, inputs, emit_for)
-        except BaseException:
-            for i in inputs:
-                self._done(i.rid)
-            raise
-        self._submit(reqs)
+        self._submit(await loop.run_in_executor(None, self._build_reqs, inputs, emit_for))
         if stream:
-            if len(inputs) != 1:
-                for i in inputs:
-                    self.abort(i.rid)
-                raise ValueError("stream=True takes one prompt (and n == 1)")
             return self._stream_async(inputs[0].rid, queues[inputs[0].rid])
         results = await asyncio.gather(*(self._collect_async(i.rid, queues[i.rid]) for i in inputs))
         return list(results) if _is_batch(prompt, input_ids) or len(results) > 1 else results[0]

@@ -62,6 +62,10 @@ class SamplingParams:
             object.__setattr__(self, name, value)
         if isinstance(self.json_schema, dict):
             object.__setattr__(self, "json_schema", json.dumps(self.json_schema))
+        if isinstance(self.regex, str) and type(self.regex) is not str:
+            object.__setattr__(self, "regex", str(self.regex))  # str subclasses (named library regexes)
+        if self.choices is not None:
+            object.__setattr__(self, "choices", tuple(str(c) if isinstance(c, str) else c for c in self.choices))
         self._validate()
 
     # ------------------------------------------------------------------ construction
