@@ -252,6 +252,6 @@ def test_json_response_format_constrains_the_output(server):
               "required": ["ok", "n"]}
     client = server.openai()
     response = client.chat.completions.create(
-        model="m", messages=CHAT, max_tokens=64,
+        model="m", messages=CHAT, max_tokens=64, temperature=0,
         response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}})
     jsonschema.validate(json.loads(response.choices[0].message.content), schema)
