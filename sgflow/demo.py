@@ -28,13 +28,13 @@ def tour(s, question):
     s += sgl.gen("answer", max_tokens=16, stop="\n")
     s += "\nQ: Is Paris in France? A:"
     s += sgl.select("yes_no", choices=[" yes", " no"])
-    s += "\nA date: "
-    s += sgl.gen("date", regex=r"\d{4}-\d{2}-\d{2}")
+    s += "\nThe meeting is on"
+    s += sgl.gen("date", regex=r" (19|20)\d{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9])")
     s += "\nA person as JSON: "
     s += sgl.gen("person", json_schema=json.dumps(PERSON_SCHEMA), max_tokens=48)
     forks = s.fork(2)
-    for fork, topic in zip(forks, ("cats", "rivers")):
-        fork += f"\nOne sentence about {topic}:"
+    for fork, start in zip(forks, ("The cat", "The dog")):
+        fork += "\n" + start
         fork += sgl.gen("sentence", max_tokens=16, stop="\n")
     s["sentences"] = [f["sentence"] for f in forks]
 

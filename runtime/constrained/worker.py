@@ -9,7 +9,10 @@ OOM killer taking the server. The child imports numpy, interegular and outlines-
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import sys
+import threading
 import pickle
 from typing import Any, Optional
 
@@ -68,7 +71,8 @@ class CompileWorker:
         proc = self._ctx.Process(
             target=_child_main, args=(child, self._payload, self._memory_limit), daemon=True, name="sgflow-grammar"
         )
-        proc.start()
+        with _main_module_hidden():
+            proc.start()
         child.close()
         self._proc, self._conn = proc, parent
         if not parent.poll(STARTUP_TIMEOUT_S) or parent.recv() != "ready":
@@ -76,7 +80,30 @@ class CompileWorker:
             raise ValueError("the grammar compile worker did not start")
 
 
+_MAIN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """A spawned child re-imports the parent's `__main__` script unless it cannot find it: a user
+    script without an `if __name__ == "__main__":` guard would then run again in the child (and
+    start engines there). The child needs nothing from `__main__`, so hide it while starting."""
+    main = sys.modules.get("__main__")
+    saved = {name: getattr(main, name) for name in ("__file__", "__spec__") if hasattr(main, name)}
+    with _MAIN_LOCK:
+        try:
+            for name in saved:
+                setattr(main, name, None) if name == "__spec__" else delattr(main, name)
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(main, name, value)
+
+
 def _child_main(conn, payload: bytes, memory_limit: Optional[int]) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent's Ctrl-C / kernel stop is not ours
     if memory_limit:
         import resource
 
