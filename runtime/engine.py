@@ -119,8 +119,20 @@ class Engine:
         return inputs
 
     def _build_reqs(self, inputs: list[GenerateInput], emit_for) -> list[Req]:
+        def releasing(rid: str):
+            # the rid is free again once the scheduler finishes the request, whether or not
+            # anyone reads the result (a stream that is never iterated must not pin it)
+            deliver = emit_for(rid)
+
+            def emit(event: dict) -> None:
+                if event["finished"]:
+                    self._done(rid)
+                deliver(event)
+
+            return emit
+
         try:
-            return self._make_reqs(inputs, emit_for)  # may compile grammars: raises on a bad spec
+            return self._make_reqs(inputs, releasing)  # may compile grammars: raises on a bad spec
         except BaseException:
             for i in inputs:
                 self._done(i.rid)
@@ -174,7 +186,6 @@ class Engine:
             text.append(event["text"])
             ids.extend(event["output_ids"])
             if event["finished"]:
-                self._done(rid)
                 return {"text": "".join(text), "output_ids": ids, "meta_info": event["meta_info"]}
 
     def _stream_sync(self, rid: str, q: "queue.SimpleQueue[dict]") -> Iterator[dict]:
@@ -187,7 +198,6 @@ class Engine:
         finally:
             if not finished:
                 self.abort(rid)  # the consumer stopped early
-            self._done(rid)
 
     # ------------------------------------------------------------------ async API
     async def async_generate(self, prompt=None, sampling_params=None, input_ids=None, return_logprob=False,
@@ -221,8 +231,6 @@ class Engine:
         except asyncio.CancelledError:
             self.abort(rid)
             raise
-        finally:
-            self._done(rid)
 
     async def _stream_async(self, rid: str, q: asyncio.Queue) -> AsyncIterator[dict]:
         finished = False
@@ -234,7 +242,6 @@ class Engine:
         finally:
             if not finished:
                 self.abort(rid)  # the client went away
-            self._done(rid)
 
     # ------------------------------------------------------------------ control
     def abort(self, rid: str) -> None:

@@ -254,3 +254,20 @@ def test_flush_cache_empties_the_prefix_cache(engine):
     assert engine.get_stats()["kv_cached"] > 0
     assert engine.flush_cache() is True
     assert engine.get_stats()["kv_cached"] == 0
+
+
+def test_a_stream_never_read_does_not_pin_its_rid(engine):
+    params = {"max_new_tokens": 3, "temperature": 0}
+    unread = engine.generate(prompt=PROMPT, sampling_params=params, stream=True, rid="once")  # noqa: F841
+    _wait_idle(engine)
+    out = engine.generate(prompt=PROMPT, sampling_params=params, rid="once")  # the rid is free again
+    assert out["meta_info"]["id"] == "once"
+
+
+def test_a_live_rid_cannot_be_reused(engine):
+    stream = engine.generate(prompt=PROMPT, sampling_params={"max_new_tokens": 200, "ignore_eos": True},
+                             stream=True, rid="busy")
+    next(stream)
+    with pytest.raises(ValueError, match="busy"):
+        engine.generate(prompt=PROMPT, rid="busy")
+    stream.close()
