@@ -9,9 +9,9 @@ bitmasks, and jump-forward over forced text.
     matcher.accept_token(next_id)
     jump = jump_forward(tokenizer, matcher, output_ids)             # None, or tokens to splice in
 
-Pipeline: spec.py / schema.py (spec → regex, with limits) → byte_dfa.py (interegular char FSM →
-UTF-8 byte DFA) → token_index.py (masks per state over the vocabulary trie) → fsm.py (grammar,
-matcher). Nothing imported here pulls in torch (compile workers import this package); the bitmask
+Pipeline: spec.py / schema.py (spec → regex, with limits) → regex_dfa.py (character DFA) →
+byte_dfa.py (UTF-8 byte DFA, minimised) → token_index.py (masks per state over the vocabulary trie)
+→ fsm.py (grammar, matcher). Nothing imported here pulls in torch (compile workers import this package); the bitmask
 helpers load torch when first used.
 """
 

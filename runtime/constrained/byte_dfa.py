@@ -1,11 +1,11 @@
-"""Regex → byte-level DFA: interegular builds the character automaton, we spell it in UTF-8 bytes.
+"""Regex → byte-level DFA: the minimal character DFA (regex_dfa.py) spelled in UTF-8 bytes.
 
-Tokens are byte strings and may split a character, so the token index walks bytes. Each character
-transition of interegular's FSM becomes a small tree of byte transitions: ASCII in one step,
+Tokens are byte strings and may split a character, so the token index walks bytes. Each interval
+transition of the character DFA becomes a small tree of byte transitions: ASCII in one step,
 multi-byte characters through intermediate states that accept only valid UTF-8 continuations
-(no overlong forms, no surrogates). Characters that behave like "anything else" share one chain of
-continuation states per target, so a negated class such as `[^"\\]` costs a handful of states, not
-one per code point.
+(no overlong forms, no surrogates). Whole blocks of code points with one target share a chain of
+continuation states, so a negated class such as `[^"\\]` costs a handful of states, not one per
+code point.
 
 Only *live* states are kept (states from which an accepting state is reachable), so a byte with a
 transition always keeps a full match possible: the token index relies on that.
@@ -13,15 +13,15 @@ transition always keeps a full match possible: the token index relies on that.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
+from runtime.constrained.regex_dfa import CharDFA, regex_to_char_dfa
+
 DEAD = -1
-# Valid second bytes after the lead bytes whose range is narrower than 80-BF (RFC 3629).
-_SECOND_BYTE = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}
-_LEAD_BYTES = list(range(0x00, 0x80)) + list(range(0xC2, 0xF5))
 
 
 @dataclass(frozen=True)
@@ -63,135 +63,99 @@ class ByteDFA:
 
 
 def regex_to_byte_dfa(pattern: str) -> ByteDFA:
-    """Compile a (normalised, see spec.py) regex to a ByteDFA matching whole UTF-8 strings.
+    """Compile a regex (Python syntax, whole match; see regex_dfa.py) to a ByteDFA.
 
-    Raises ValueError when interegular cannot parse the pattern or nothing can match it.
+    Raises ValueError for bad syntax, unsupported features, or a pattern that matches nothing.
     """
-    fsm = _char_fsm(pattern)
-    return _ByteSpeller(fsm).build()
+    return spell_utf8(regex_to_char_dfa(pattern))
 
 
-def _char_fsm(pattern: str):
-    import interegular
-
-    try:
-        fsm = interegular.parse_pattern(pattern).to_fsm()
-        return fsm.reduce()
-    except Exception as exc:  # noqa: BLE001 - interegular raises bare Exceptions for bad input
-        raise ValueError(f"unsupported or invalid regex: {type(exc).__name__}: {exc}") from None
+def spell_utf8(dfa: CharDFA) -> ByteDFA:
+    """The byte automaton reading the UTF-8 encodings of what `dfa` reads (states 0.. are dfa's)."""
+    return _Speller(dfa).build()
 
 
-class _ByteSpeller:
-    """Spell a character FSM in bytes. One instance per compile; `build()` once."""
+class _Speller:
+    """Spell interval-labelled character transitions as byte transitions, one CharDFA state at a time.
 
-    def __init__(self, fsm) -> None:
-        from interegular.fsm import anything_else
+    A prefix of a multi-byte character covers a contiguous block of code points. If one edge covers
+    the whole block, the remaining bytes go through a shared chain of continuation states; if no
+    edge touches it, there is no transition; otherwise an intermediate state splits it by the next
+    byte. Blocks are clipped to valid UTF-8 (no overlong forms, no surrogates, <= U+10FFFF).
+    """
 
-        self.fsm = fsm
-        mapping = fsm.alphabet._symbol_mapping  # char (or anything_else) -> transition key
-        self.else_key = mapping.get(anything_else)
-        self.explicit = [(c, k) for c, k in mapping.items() if c is not anything_else]
-        live = _live_states(fsm)
-        if fsm.initial not in live:
-            raise ValueError("the regex matches nothing")
-        order = [fsm.initial] + sorted((s for s in live if s != fsm.initial), key=repr)
-        self.index = {s: i for i, s in enumerate(order)}
-        self.order = order
-        self.rows: list[np.ndarray] = [np.full(256, DEAD, dtype=np.int32) for _ in order]
+    def __init__(self, dfa: CharDFA) -> None:
+        self.dfa = dfa
+        self.rows: list[list[int]] = [[DEAD] * 256 for _ in range(dfa.num_states)]
         self.chains: dict[tuple[int, int, int, int], int] = {}
 
     def build(self) -> ByteDFA:
-        for q in self.order:
-            self._spell_state(q)
+        for state, edges in enumerate(self.dfa.edges):
+            self._spell_state(self.rows[state], edges)
         finals = np.zeros(len(self.rows), dtype=bool)
-        for q in self.order:
-            if q in self.fsm.finals:
-                finals[self.index[q]] = True
-        return ByteDFA(np.stack(self.rows), finals, 0, len(self.order))
+        finals[list(self.dfa.finals)] = True
+        return ByteDFA(np.array(self.rows, dtype=np.int32).reshape(-1, 256), finals, 0, self.dfa.num_states)
 
-    def _target(self, q, key) -> Optional[int]:
-        nxt = self.fsm.map.get(q, {}).get(key)
-        return self.index.get(nxt) if nxt is not None else None
+    def _spell_state(self, row: list, edges: tuple) -> None:
+        los = [lo for lo, _, _ in edges]
+        for lo, hi, target in edges:
+            for code in range(lo, min(hi, 0x7F) + 1):
+                row[code] = target
+        for lead, (lo, hi, remaining) in _LEAD_BLOCKS.items():
+            self._node(row, lead, lo, hi, remaining, edges, los)
 
-    def _spell_state(self, q) -> None:
-        else_t = self._target(q, self.else_key) if self.else_key is not None else None
-        # A trie of the UTF-8 encodings of the characters whose target differs from "anything else".
-        trie: dict = {}
-        for char, key in self.explicit:
-            target = self._target(q, key)
-            if target == else_t:
-                continue
-            try:
-                encoded = char.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate in the pattern: no byte spelling
-                continue
-            node = trie
-            for b in encoded[:-1]:
-                node = node.setdefault(b, {})
-            node[encoded[-1]] = target
-        self._emit(self.index[q], trie, else_t, lead=None, depth=0)
+    def _node(self, row: list, byte: int, lo: int, hi: int, remaining: int, edges: tuple, los: list) -> None:
+        target = _uniform_target(edges, los, lo, hi)
+        if target is None:
+            return
+        shift = 6 * (remaining - 1)
+        first = 0x80 + ((lo >> shift) & 0x3F) if remaining else 0
+        last = 0x80 + ((hi >> shift) & 0x3F) if remaining else 0
+        if target >= 0:
+            row[byte] = target if remaining == 0 else self._chain(target, remaining, first, last)
+            return
+        state = len(self.rows)
+        self.rows.append([DEAD] * 256)
+        row[byte] = state
+        base = lo & ~((1 << (6 * remaining)) - 1)
+        for cont in range(first, last + 1):
+            child = base | ((cont - 0x80) << shift)
+            self._node(self.rows[state], cont, max(lo, child), min(hi, child + (1 << shift) - 1), remaining - 1, edges, los)
 
-    def _emit(self, state: int, node: dict, else_t: Optional[int], lead: Optional[int], depth: int) -> None:
-        row = self.rows[state]
-        for b in _allowed_bytes(lead, depth):
-            first = b if lead is None else lead
-            if b in node:
-                child = node[b]
-                if isinstance(child, dict):
-                    row[b] = self._new_state()
-                    self._emit(row[b], child, else_t, first, depth + 1)
-                elif child is not None:
-                    row[b] = child
-            elif else_t is not None:
-                remaining = _sequence_len(first) - depth - 1
-                row[b] = else_t if remaining == 0 else self._chain(else_t, remaining, *_range_after(first, depth + 1))
-
-    def _chain(self, target: int, remaining: int, lo: int, hi: int) -> int:
-        """A state that reads `remaining` continuation bytes (the first in lo..hi) then goes to target."""
-        key = (target, remaining, lo, hi)
+    def _chain(self, target: int, remaining: int, first: int, last: int) -> int:
+        """A state that reads `remaining` continuation bytes (the first in first..last), then target."""
+        key = (target, remaining, first, last)
         if key not in self.chains:
-            state = self._new_state()
+            state = len(self.rows)
+            self.rows.append([DEAD] * 256)
             self.chains[key] = state
             nxt = target if remaining == 1 else self._chain(target, remaining - 1, 0x80, 0xBF)
-            self.rows[state][lo : hi + 1] = nxt
+            self.rows[state][first : last + 1] = [nxt] * (last - first + 1)
         return self.chains[key]
 
-    def _new_state(self) -> int:
-        self.rows.append(np.full(256, DEAD, dtype=np.int32))
-        return len(self.rows) - 1
+
+def _uniform_target(edges: tuple, los: list, lo: int, hi: int) -> Optional[int]:
+    """The target if one edge covers all of lo..hi, None if no edge touches it, -1 if mixed."""
+    k = bisect_right(los, hi) - 1
+    if k < 0 or edges[k][1] < lo:
+        return None
+    if edges[k][0] <= lo:
+        return edges[k][2]
+    return -1
 
 
-def _live_states(fsm) -> set:
-    """States of the character FSM from which an accepting state can be reached."""
-    reverse: dict = {}
-    for src, edges in fsm.map.items():
-        for dst in edges.values():
-            reverse.setdefault(dst, set()).add(src)
-    live, stack = set(fsm.finals), list(fsm.finals)
-    while stack:
-        for src in reverse.get(stack.pop(), ()):
-            if src not in live:
-                live.add(src)
-                stack.append(src)
-    reachable, stack = {fsm.initial}, [fsm.initial]
-    while stack:
-        for dst in fsm.map.get(stack.pop(), {}).values():
-            if dst not in reachable:
-                reachable.add(dst)
-                stack.append(dst)
-    return live & reachable
+def _lead_blocks() -> dict[int, tuple[int, int, int]]:
+    """lead byte -> (first code point, last code point, continuation bytes), valid UTF-8 only."""
+    blocks = {}
+    for lead in range(0xC2, 0xE0):
+        blocks[lead] = ((lead & 0x1F) << 6, ((lead & 0x1F) << 6) | 0x3F, 1)
+    for lead in range(0xE0, 0xF0):
+        lo, hi = (lead & 0x0F) << 12, ((lead & 0x0F) << 12) | 0xFFF
+        blocks[lead] = (max(lo, 0x800), min(hi, 0xD7FF) if lead == 0xED else hi, 2)
+    for lead in range(0xF0, 0xF5):
+        lo, hi = (lead & 0x07) << 18, ((lead & 0x07) << 18) | 0x3FFFF
+        blocks[lead] = (max(lo, 0x10000), min(hi, 0x10FFFF), 3)
+    return blocks
 
 
-def _sequence_len(lead: int) -> int:
-    return 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
-
-
-def _range_after(lead: int, depth: int) -> tuple[int, int]:
-    return _SECOND_BYTE.get(lead, (0x80, 0xBF)) if depth == 1 else (0x80, 0xBF)
-
-
-def _allowed_bytes(lead: Optional[int], depth: int):
-    if lead is None:
-        return _LEAD_BYTES
-    lo, hi = _range_after(lead, depth)
-    return range(lo, hi + 1)
+_LEAD_BLOCKS = _lead_blocks()

@@ -5,7 +5,9 @@ schema the user asked for. We walk the schema first and refuse those keywords wi
 naming the keyword and where it is, and we add what we can express exactly:
 
 - integer bounds (minimum / maximum / exclusive*): a digit-by-digit range regex;
-- number `minimum: 0`: a number without a minus sign.
+- number `minimum: 0`: a number without a minus sign;
+- string formats (date, time, date-time, email, uuid, ipv4, uri) spelled without quotes or
+  backslashes, so they stay inside the JSON string.
 
 Both are spliced in through unique placeholder `const` strings that outlines-core copies verbatim.
 Whitespace between JSON tokens is compact by default (`whitespace_pattern` None → "").
@@ -19,7 +21,20 @@ import secrets
 from typing import Any, Optional
 
 from grammars.json_schema import to_schema_dict
-from grammars.regex import integer_range
+from grammars.regex import EMAIL, IPV4, ISO_DATE, UUID, integer_range
+
+_TIME = r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+# String formats, spelled so they can never contain '"' or '\\' (outlines-core's email and uri
+# patterns allow quotes, which both breaks the JSON and makes the automaton explode).
+FORMATS = {
+    "date": ISO_DATE,
+    "time": _TIME,
+    "date-time": ISO_DATE + "T" + _TIME,
+    "email": EMAIL,
+    "uuid": UUID,
+    "ipv4": IPV4,
+    "uri": r"[a-zA-Z][a-zA-Z0-9+.-]*:[^\x00-\x20\x7F\"\\\\<>{}|^`]+",
+}
 
 MAX_SCHEMA_CHARS = 100_000
 MAX_SCHEMA_DEPTH = 24
@@ -97,6 +112,8 @@ class _SchemaRewriter:
             return self.rewrite(split, path, depth)
         if "enum" not in node and "const" not in node and any(k in node for k in _BOUNDS):
             return self._bounded(node, path)
+        if node.get("type") == "string" and node.get("format") in FORMATS and not _has_length_or_pattern(node):
+            return self._placeholder(f'"({FORMATS[node["format"]]})"')
         out = dict(node)
         for key in _SUBSCHEMA_MAPS:
             if isinstance(node.get(key), dict):
@@ -125,6 +142,10 @@ class _SchemaRewriter:
         name = f"sgflow{self.nonce}n{len(self.placeholders)}"
         self.placeholders[name] = regex
         return {"const": name}
+
+
+def _has_length_or_pattern(node: dict) -> bool:
+    return any(k in node for k in ("minLength", "maxLength", "pattern"))
 
 
 def _refuse_unsupported(node: dict, path: str) -> None:

@@ -6,9 +6,10 @@ any work is done: over-long patterns, huge counted repetitions (`a{1000000}`), a
 whose expansion is too large (`((a{100}){100}){100}`). The compile worker's timeout and memory cap
 (cache.py) catch whatever slips through.
 
-The dialect is Python-`re`-like as read by interegular, whole-match (no anchors needed). We rewrite
-what interegular lacks (`\\uXXXX`, `\\x{...}`, `(?<name>`, a leading `^` / trailing `$`) and refuse what
-a token-level DFA cannot express (look-arounds, back-references, `\\b`, `\\p{..}` classes).
+The dialect is Python's `re` (parsed by Python itself, regex_dfa.py), whole-match (no anchors
+needed). We also accept common spellings from other engines (`\\x{...}`, `(?<name>`, a leading `^` /
+trailing `$`) and refuse, with a reason, what a token-level DFA cannot express (look-arounds,
+back-references, `\\b`, `\\p{..}` classes).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def choices_regex(choices: Any) -> str:
 
 
 def normalise_regex(pattern: str) -> str:
-    """Rewrite `pattern` into interegular's dialect and check the size limits (ValueError if not)."""
+    """Rewrite `pattern` into the dialect regex_dfa.py reads; check the size limits (ValueError if not)."""
     if len(pattern) > MAX_REGEX_CHARS:
         raise ValueError(f"regex is {len(pattern)} characters long; the limit is {MAX_REGEX_CHARS}")
     out = _Rewriter(pattern).run()

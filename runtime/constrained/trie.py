@@ -8,6 +8,7 @@ first bytes that a state cannot read.
 
     level j nodes:   ids level_offsets[j-1] .. level_offsets[j]-1   (j = 1 .. max_len)
     node_parent[n]:  id of the node one byte shorter (-1 on level 1)
+    node_parent_local[n]: the same, counted from the start of the parent's level (int32)
     node_byte[n]:    the last byte of the node's prefix
     token_node[k]:   the node whose prefix is the k-th token (tokens in lexicographic order)
     first_ranges[j-1, b] .. first_ranges[j-1, b+1]: level-j nodes whose prefix starts with byte b
@@ -26,6 +27,7 @@ import numpy as np
 class VocabTrie:
     level_offsets: np.ndarray  # [max_len + 1] int64; level j occupies [offsets[j-1], offsets[j])
     node_parent: np.ndarray  # [num_nodes] int64
+    node_parent_local: np.ndarray  # [num_nodes] int32
     node_byte: np.ndarray  # [num_nodes] uint8
     token_node: np.ndarray  # [num_tokens] int64
     first_ranges: np.ndarray  # [max_len, 257] int64, global node ids
@@ -75,9 +77,13 @@ def build_trie(tokens: Sequence[bytes]) -> VocabTrie:
         ends = lengths == j
         token_node[ends] = current[ends] + offsets[j - 1]
         prev_current = current
+    node_parent = np.concatenate(parents) if parents else np.zeros(0, dtype=np.int64)
+    levels = np.repeat(np.arange(max_len), np.diff(offsets))  # 0-based level of each node
+    parent_level_start = offsets[np.maximum(levels - 1, 0)]
     return VocabTrie(
         level_offsets=offsets,
-        node_parent=np.concatenate(parents) if parents else np.zeros(0, dtype=np.int64),
+        node_parent=node_parent,
+        node_parent_local=np.where(node_parent >= 0, node_parent - parent_level_start, -1).astype(np.int32),
         node_byte=np.concatenate(bytes_) if bytes_ else np.zeros(0, dtype=np.uint8),
         token_node=token_node,
         first_ranges=ranges,

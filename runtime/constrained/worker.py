@@ -4,7 +4,7 @@
 `compile_grammar` and inside `CompileWorker`'s child for the server's GrammarCompiler. The child is
 what makes a pathological spec harmless: past the timeout it is killed (and respawned on the next
 job), and an address-space limit turns runaway allocation into a MemoryError there instead of the
-OOM killer taking the server. The child imports numpy, interegular and outlines-core only.
+OOM killer taking the server. The child imports numpy and outlines-core only (no torch).
 """
 
 from __future__ import annotations

