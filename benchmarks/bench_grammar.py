@@ -57,7 +57,7 @@ def main() -> None:
         ours_masks += ours
         xgr_masks += theirs
         if kind == "json_schema":
-            for seed in range(args.walks):
+            for seed in range(args.jump_walks):
                 jump_stats["without"] += count_steps(tokenizer, grammar, random.Random(seed), use_jump=False)
                 jump_stats["with"] += count_steps(tokenizer, grammar, random.Random(seed), use_jump=True)
         rows.append((kind, name, grammar.index.num_token_states, ours_compile, xgr_compile, pct(ours, 50), pct(theirs, 50)))
@@ -72,10 +72,11 @@ def main() -> None:
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--walks", type=int, default=4, help="random walks per grammar")
+    parser.add_argument("--jump-walks", type=int, default=16, help="random documents per JSON schema for jump-forward")
     parser.add_argument("--quick", action="store_true", help="1 walk per grammar, no results file")
     args = parser.parse_args()
     if args.quick:
-        args.walks = 1
+        args.walks, args.jump_walks = 1, 2
     return args
 
 
@@ -227,7 +228,7 @@ def render(args, rows, ours_masks, xgr_masks, jump_stats, vocab_s, num_tokens, x
         "",
         f"- date: {datetime.date.today().isoformat()}",
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()}-core CPU, torch threads 1 (no GPU used)",
-        f"- command: `python benchmarks/bench_grammar.py --walks {args.walks}`",
+        f"- command: `python benchmarks/bench_grammar.py --walks {args.walks} --jump-walks {args.jump_walks}`",
         f"- tokenizer: Qwen2 byte-level BPE, {num_tokens} text tokens (vocabulary tables built once in {vocab_s:.2f} s)",
         f"- baseline: xgrammar {xgr.version if xgr else 'not installed'} (same tokenizer, compact JSON separators, cache off)",
         "",

@@ -296,14 +296,12 @@ def minimise(dfa: CharDFA) -> CharDFA:
     table = np.unique(table, axis=1)  # equivalent columns (same target everywhere) read alike
     classes = np.zeros(dfa.num_states, dtype=np.int64)
     classes[list(dfa.finals)] = 1
-    count = len(np.unique(classes))
+    weights = np.random.default_rng(0).integers(1, 2**62, size=table.shape[1] + 1, dtype=np.int64)
     while True:
-        moved = np.where(table < 0, -1, classes[np.maximum(table, 0)])
-        _, classes = np.unique(np.column_stack([classes, moved]), axis=0, return_inverse=True)
-        classes = classes.reshape(-1)
-        if classes.max() + 1 == count:
+        refined = _refine(classes, np.where(table < 0, -1, classes[np.maximum(table, 0)]), weights)
+        if refined.max() == classes.max():
             break
-        count = int(classes.max()) + 1
+        classes = refined
     first_of = {}
     for s in range(dfa.num_states):  # representatives in first-seen order: state 0's class stays 0
         first_of.setdefault(int(classes[s]), s)
@@ -312,3 +310,17 @@ def minimise(dfa: CharDFA) -> CharDFA:
     edges = tuple(_merge_adjacent([(lo, hi, new_id[int(classes[t])]) for lo, hi, t in dfa.edges[s]]) for s in order)
     finals = frozenset(new_id[int(classes[s])] for s in dfa.finals)
     return CharDFA(edges, finals)
+
+
+def _refine(classes, moved, weights):
+    """One Moore round: states stay together iff same class and same successor classes. Rows are
+    hashed to 1-D keys (fast); a hash collision is detected and the round redone exactly."""
+    import numpy as np
+
+    rows = np.column_stack([classes, moved])  # [S, K+1]
+    keys = rows @ weights  # int64, wraps around: a hash of the row
+    _, first, refined = np.unique(keys, return_index=True, return_inverse=True)
+    refined = refined.reshape(-1)
+    if not (rows == rows[first[refined]]).all():
+        _, refined = np.unique(rows, axis=0, return_inverse=True)
+    return refined.reshape(-1)

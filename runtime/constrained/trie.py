@@ -11,6 +11,8 @@ first bytes that a state cannot read.
     node_parent_local[n]: the same, counted from the start of the parent's level (int32)
     node_byte[n]:    the last byte of the node's prefix
     token_node[k]:   the node whose prefix is the k-th token (tokens in lexicographic order)
+    node_token[n]:   the token whose bytes are node n's prefix, or -1
+    child_start[n] .. child_end[n]: ids of node n's children (contiguous: siblings sort together)
     first_ranges[j-1, b] .. first_ranges[j-1, b+1]: level-j nodes whose prefix starts with byte b
     token_first_ranges[b] .. token_first_ranges[b+1]: tokens that start with byte b
 """
@@ -30,6 +32,9 @@ class VocabTrie:
     node_parent_local: np.ndarray  # [num_nodes] int32
     node_byte: np.ndarray  # [num_nodes] uint8
     token_node: np.ndarray  # [num_tokens] int64
+    node_token: np.ndarray  # [num_nodes] int64
+    child_start: np.ndarray  # [num_nodes] int64
+    child_end: np.ndarray  # [num_nodes] int64
     first_ranges: np.ndarray  # [max_len, 257] int64, global node ids
     token_first_ranges: np.ndarray  # [257] int64, token positions
 
@@ -80,12 +85,18 @@ def build_trie(tokens: Sequence[bytes]) -> VocabTrie:
     node_parent = np.concatenate(parents) if parents else np.zeros(0, dtype=np.int64)
     levels = np.repeat(np.arange(max_len), np.diff(offsets))  # 0-based level of each node
     parent_level_start = offsets[np.maximum(levels - 1, 0)]
+    node_token = np.full(len(node_parent), -1, dtype=np.int64)
+    node_token[token_node] = np.arange(n)
+    ids = np.arange(len(node_parent))  # node_parent is nondecreasing: level-major, lexicographic
     return VocabTrie(
         level_offsets=offsets,
         node_parent=node_parent,
         node_parent_local=np.where(node_parent >= 0, node_parent - parent_level_start, -1).astype(np.int32),
         node_byte=np.concatenate(bytes_) if bytes_ else np.zeros(0, dtype=np.uint8),
         token_node=token_node,
+        node_token=node_token,
+        child_start=np.searchsorted(node_parent, ids, side="left"),
+        child_end=np.searchsorted(node_parent, ids, side="right"),
         first_ranges=ranges,
         token_first_ranges=np.searchsorted(padded[:, 0] if n else np.zeros(0, np.uint8), np.arange(257)),
     )
