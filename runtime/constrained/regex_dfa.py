@@ -279,11 +279,17 @@ def _prune(dfa: CharDFA) -> CharDFA:
 
 # ---------------------------------------------------------------------------- minimisation
 MAX_MINIMISE_CELLS = 20_000_000
+MAX_MOORE_ROUNDS = 120  # Moore needs about as many rounds as the longest chain; past this, skip it
 
 
 def minimise(dfa: CharDFA) -> CharDFA:
-    """Merge equivalent states: Moore's partition refinement over the elementary intervals, one
-    vectorised pass per round. State 0 stays the start state."""
+    """Merge equivalent states; state 0 stays the start state.
+
+    First states with identical rows (a loop to oneself counting as equal) are merged until nothing
+    changes (few rounds; this removes most duplicates the subset construction makes). Then Moore's
+    partition refinement makes it minimal, unless it needs more than MAX_MOORE_ROUNDS rounds (long
+    chains from counted repetitions, which are near-minimal already). Each round is one vectorised
+    pass over the interval table."""
     import numpy as np
 
     points = sorted({p for edges in dfa.edges for lo, hi, _ in edges for p in (lo, hi + 1)})
@@ -294,22 +300,43 @@ def minimise(dfa: CharDFA) -> CharDFA:
         for lo, hi, t in edges:
             table[s, bisect_left(points, lo) : bisect_left(points, hi + 1)] = t
     table = np.unique(table, axis=1)  # equivalent columns (same target everywhere) read alike
-    classes = np.zeros(dfa.num_states, dtype=np.int64)
-    classes[list(dfa.finals)] = 1
+    final = np.zeros(dfa.num_states, dtype=np.int64)
+    final[list(dfa.finals)] = 1
     weights = np.random.default_rng(0).integers(1, 2**62, size=table.shape[1] + 1, dtype=np.int64)
-    while True:
-        refined = _refine(classes, np.where(table < 0, -1, classes[np.maximum(table, 0)]), weights)
-        if refined.max() == classes.max():
-            break
-        classes = refined
+    classes = _fixpoint(np.arange(dfa.num_states), final, table, weights)  # merge identical rows
+    _, reps = np.unique(classes, return_index=True)
+    merged = np.where(table[reps] < 0, -1, classes[np.maximum(table[reps], 0)])
+    moore = _fixpoint(final[reps], final[reps], merged, weights, max_rounds=MAX_MOORE_ROUNDS)
+    return _quotient(dfa, classes if moore is None else moore[classes])
+
+
+def _fixpoint(classes, final, table, weights, max_rounds=None):
+    """Iterate class := (final or class, successor classes) until the number of classes is stable.
+
+    From the identity partition (max_rounds None) it merges states with identical rows, a move
+    into one's own class reading "self" so that looping states can merge. From {final, non-final}
+    with max_rounds it is Moore's refinement, which splits; None if it did not settle in time."""
+    import numpy as np
+
+    for _ in range(max_rounds or 1 << 30):
+        moved = np.where(table < 0, -1, classes[np.maximum(table, 0)])
+        if max_rounds is None:
+            moved[moved == classes[:, None]] = -2
+        nxt = _refine(final if max_rounds is None else classes, moved, weights)
+        if nxt.max() == classes.max():
+            return nxt
+        classes = nxt
+    return None
+
+
+def _quotient(dfa: CharDFA, classes) -> CharDFA:
     first_of = {}
     for s in range(dfa.num_states):  # representatives in first-seen order: state 0's class stays 0
         first_of.setdefault(int(classes[s]), s)
     order = sorted(first_of.values())
     new_id = {int(classes[s]): i for i, s in enumerate(order)}
     edges = tuple(_merge_adjacent([(lo, hi, new_id[int(classes[t])]) for lo, hi, t in dfa.edges[s]]) for s in order)
-    finals = frozenset(new_id[int(classes[s])] for s in dfa.finals)
-    return CharDFA(edges, finals)
+    return CharDFA(edges, frozenset(new_id[int(classes[s])] for s in dfa.finals))
 
 
 def _refine(classes, moved, weights):

@@ -86,3 +86,40 @@ def test_forced_bytes_stop_at_choices_and_accepting_states():
 def test_matches_nothing_is_an_error():
     with pytest.raises(ValueError):
         regex_to_byte_dfa("[^\\x00-\\U0010FFFF]")
+
+
+@pytest.mark.parametrize(
+    "pattern, accepted, rejected",
+    [
+        (r"\d+", ["0", "42"], ["٣", "a", ""]),  # ASCII digits only
+        (r"\w+", ["a_Z9"], ["é", "-"]),
+        (r"\s", [" ", "\t", "\n"], ["x", "\u00a0"]),
+        (r"(?i)abc", ["abc", "ABC", "aBc"], ["abd"]),
+        (r"(?i:é)x", ["éx", "Éx"], ["eX"]),
+        (r"a.b", ["a-b", "aéb"], ["a\nb"]),
+        (r"(?s)a.b", ["a\nb"], ["ab"]),
+        (r"a{2,}", ["aa", "aaaa"], ["a"]),
+        (r"(ab){1,3}?c", ["abc", "ababc"], ["c", "ababababc"]),
+        (r"(?>ab|a)c", ["abc", "ac"], ["bc"]),
+        (r"x*+y", ["y", "xxy"], ["x"]),
+        (r"[^\d\s]+", ["ab", "é"], ["a1", "a b"]),
+    ],
+)
+def test_regex_semantics(pattern, accepted, rejected):
+    dfa = regex_to_byte_dfa(pattern)
+    for text in accepted:
+        assert _accepts(dfa, text.encode()), (pattern, text)
+    for text in rejected:
+        assert not _accepts(dfa, text.encode()), (pattern, text)
+
+
+@pytest.mark.parametrize("pattern", [r"a(?=b)", r"(a)\1", r"a\b", r"(?(1)a|b)", "(", "[z-a]"])
+def test_unsupported_or_invalid_patterns_raise_value_error(pattern):
+    with pytest.raises(ValueError):
+        regex_to_byte_dfa(pattern)
+
+
+def test_minimisation_merges_equivalent_states():
+    # Both branches share their suffix: start -a|x-> 1 -b-> 2 -c-> 3 (accepting), 4 states in all.
+    dfa = regex_to_byte_dfa(r"(abc|xbc)")
+    assert dfa.num_states == 4
