@@ -147,10 +147,8 @@ class GrammarMatcher(BaseGrammarMatcher):
 
     def fill_mask(self, bitmask: "torch.Tensor", row: int) -> None:
         source = self.grammar.eos_only_mask if self._terminated else self.grammar.mask_row(self.state)
-        width = source.shape[0]
-        if bitmask.shape[1] < width:
-            raise ValueError(f"bitmask has {bitmask.shape[1]} words per row; the grammar needs {width}")
-        bitmask[row, :width].copy_(source)
+        width = min(source.shape[0], bitmask.shape[1])  # a narrower row: ids past it cannot be sampled
+        bitmask[row, :width].copy_(source[:width])
         if bitmask.shape[1] > width:
             bitmask[row, width:].zero_()
 
