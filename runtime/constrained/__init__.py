@@ -10,8 +10,9 @@ bitmasks, and jump-forward over forced text.
     jump = jump_forward(tokenizer, matcher, output_ids)             # None, or tokens to splice in
 
 Pipeline: spec.py / schema.py (spec → regex, with limits) → regex_dfa.py (character DFA) →
-byte_dfa.py (UTF-8 byte DFA, minimised) → token_index.py (masks per state over the vocabulary trie)
-→ fsm.py (grammar, matcher). Nothing imported here pulls in torch (compile workers import this package); the bitmask
+minimise.py → byte_dfa.py (UTF-8 byte DFA) → token_index.py (masks per state over the vocabulary
+trie, trie.py) → fsm.py (grammar, matcher). worker.py / cache.py run compiles in killable child
+processes. Nothing imported here pulls in torch (compile workers import this package); the bitmask
 helpers load torch when first used.
 """
 

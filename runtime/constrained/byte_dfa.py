@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from runtime.constrained.minimise import minimise
 from runtime.constrained.regex_dfa import CharDFA, regex_to_char_dfa
 
 DEAD = -1
@@ -67,7 +68,7 @@ def regex_to_byte_dfa(pattern: str) -> ByteDFA:
 
     Raises ValueError for bad syntax, unsupported features, or a pattern that matches nothing.
     """
-    return spell_utf8(regex_to_char_dfa(pattern))
+    return spell_utf8(minimise(regex_to_char_dfa(pattern)))
 
 
 def spell_utf8(dfa: CharDFA) -> ByteDFA:

@@ -64,7 +64,7 @@ def regex_to_char_dfa(pattern: str) -> CharDFA:
         raise ValueError("regex nests too deeply") from None
     nfa = _NFA()
     start, accept = nfa.build(tree, tree.state.flags)
-    return minimise(_determinise(nfa, start, accept))
+    return _determinise(nfa, start, accept)
 
 
 # ---------------------------------------------------------------------------- interval sets
@@ -228,7 +228,7 @@ def _determinise(nfa: _NFA, start: int, accept: int) -> CharDFA:
                 ids[target] = len(order)
                 order.append(target)
             out.append((lo, hi, ids[target]))
-        edges.append(_merge_adjacent(out))
+        edges.append(merge_adjacent(out))
     finals = frozenset(i for i, subset in enumerate(order) if accept in subset)
     return _prune(CharDFA(tuple(edges), finals))
 
@@ -247,7 +247,7 @@ def _split(nfa: _NFA, subset: frozenset):
     return [(points[k], points[k + 1] - 1, targets[k]) for k in range(len(points) - 1) if targets[k]]
 
 
-def _merge_adjacent(edges: list) -> tuple:
+def merge_adjacent(edges: list) -> tuple:
     out: list[list[int]] = []
     for lo, hi, target in edges:
         if out and out[-1][2] == target and out[-1][1] + 1 == lo:
@@ -275,79 +275,3 @@ def _prune(dfa: CharDFA) -> CharDFA:
     new = {s: i for i, s in enumerate(keep)}
     edges = tuple(tuple((lo, hi, new[t]) for lo, hi, t in dfa.edges[s] if t in new) for s in keep)
     return CharDFA(edges, frozenset(new[s] for s in dfa.finals if s in new))
-
-
-# ---------------------------------------------------------------------------- minimisation
-MAX_MINIMISE_CELLS = 20_000_000
-MAX_MOORE_ROUNDS = 120  # Moore needs about as many rounds as the longest chain; past this, skip it
-
-
-def minimise(dfa: CharDFA) -> CharDFA:
-    """Merge equivalent states; state 0 stays the start state.
-
-    First states with identical rows (a loop to oneself counting as equal) are merged until nothing
-    changes (few rounds; this removes most duplicates the subset construction makes). Then Moore's
-    partition refinement makes it minimal, unless it needs more than MAX_MOORE_ROUNDS rounds (long
-    chains from counted repetitions, which are near-minimal already). Each round is one vectorised
-    pass over the interval table."""
-    import numpy as np
-
-    points = sorted({p for edges in dfa.edges for lo, hi, _ in edges for p in (lo, hi + 1)})
-    if len(points) < 2 or dfa.num_states * len(points) > MAX_MINIMISE_CELLS:
-        return dfa
-    table = np.full((dfa.num_states, len(points) - 1), -1, dtype=np.int64)
-    for s, edges in enumerate(dfa.edges):
-        for lo, hi, t in edges:
-            table[s, bisect_left(points, lo) : bisect_left(points, hi + 1)] = t
-    table = np.unique(table, axis=1)  # equivalent columns (same target everywhere) read alike
-    final = np.zeros(dfa.num_states, dtype=np.int64)
-    final[list(dfa.finals)] = 1
-    weights = np.random.default_rng(0).integers(1, 2**62, size=table.shape[1] + 1, dtype=np.int64)
-    classes = _fixpoint(np.arange(dfa.num_states), final, table, weights)  # merge identical rows
-    _, reps = np.unique(classes, return_index=True)
-    merged = np.where(table[reps] < 0, -1, classes[np.maximum(table[reps], 0)])
-    moore = _fixpoint(final[reps], final[reps], merged, weights, max_rounds=MAX_MOORE_ROUNDS)
-    return _quotient(dfa, classes if moore is None else moore[classes])
-
-
-def _fixpoint(classes, final, table, weights, max_rounds=None):
-    """Iterate class := (final or class, successor classes) until the number of classes is stable.
-
-    From the identity partition (max_rounds None) it merges states with identical rows, a move
-    into one's own class reading "self" so that looping states can merge. From {final, non-final}
-    with max_rounds it is Moore's refinement, which splits; None if it did not settle in time."""
-    import numpy as np
-
-    for _ in range(max_rounds or 1 << 30):
-        moved = np.where(table < 0, -1, classes[np.maximum(table, 0)])
-        if max_rounds is None:
-            moved[moved == classes[:, None]] = -2
-        nxt = _refine(final if max_rounds is None else classes, moved, weights)
-        if nxt.max() == classes.max():
-            return nxt
-        classes = nxt
-    return None
-
-
-def _quotient(dfa: CharDFA, classes) -> CharDFA:
-    first_of = {}
-    for s in range(dfa.num_states):  # representatives in first-seen order: state 0's class stays 0
-        first_of.setdefault(int(classes[s]), s)
-    order = sorted(first_of.values())
-    new_id = {int(classes[s]): i for i, s in enumerate(order)}
-    edges = tuple(_merge_adjacent([(lo, hi, new_id[int(classes[t])]) for lo, hi, t in dfa.edges[s]]) for s in order)
-    return CharDFA(edges, frozenset(new_id[int(classes[s])] for s in dfa.finals))
-
-
-def _refine(classes, moved, weights):
-    """One Moore round: states stay together iff same class and same successor classes. Rows are
-    hashed to 1-D keys (fast); a hash collision is detected and the round redone exactly."""
-    import numpy as np
-
-    rows = np.column_stack([classes, moved])  # [S, K+1]
-    keys = rows @ weights  # int64, wraps around: a hash of the row
-    _, first, refined = np.unique(keys, return_index=True, return_inverse=True)
-    refined = refined.reshape(-1)
-    if not (rows == rows[first[refined]]).all():
-        _, refined = np.unique(rows, axis=0, return_inverse=True)
-    return refined.reshape(-1)
