@@ -68,7 +68,8 @@ def main() -> None:
         row = (kind, name, grammar.dfa.num_states, ours_compile, xgr_compile, pct(ours, 50), pct(theirs, 50), jump)
         rows.append(row)
         print(f"{name:28s} states {rows[-1][2]:5d}  compile {ms(ours_compile)} ms (xgrammar {ms(xgr_compile)})", flush=True)
-    report = render(args, rows, ours_masks, xgr_masks, jump_stats, vocab_s, len(vocab.text_ids), xgr)
+    outlines = outlines_index_times(vocab, specs, args.outlines_timeout) if args.outlines else None
+    report = render(args, rows, ours_masks, xgr_masks, jump_stats, vocab_s, len(vocab.text_ids), xgr, outlines)
     print(report)
     if not args.quick:
         with open(os.path.join(ROOT, "benchmarks", "RESULTS-grammar.md"), "w") as f:
@@ -79,6 +80,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--walks", type=int, default=4, help="random walks per grammar")
     parser.add_argument("--jump-walks", type=int, default=16, help="random documents per JSON schema for jump-forward")
+    parser.add_argument("--outlines", action="store_true", help="also time outlines-core's Index build (slow)")
+    parser.add_argument("--outlines-timeout", type=float, default=20.0, help="seconds per outlines-core build")
     parser.add_argument("--quick", action="store_true", help="1 walk per grammar, no results file")
     args = parser.parse_args()
     if args.quick:
@@ -203,6 +206,53 @@ class XGrammar:
         return times
 
 
+def outlines_index_times(vocab, specs, timeout_s):
+    """Seconds (None past the timeout) for outlines-core to build its token Index of each spec, in a
+    child process that is killed and restarted when a build runs over."""
+    import multiprocessing
+
+    table: dict = {}
+    for token_id, data in enumerate(vocab.token_bytes):
+        if data is not None:
+            table.setdefault(data, []).append(token_id)
+    context, times, conn, proc = multiprocessing.get_context("spawn"), {}, None, None
+    for kind, name, spec in specs:
+        if proc is None:
+            conn, child = context.Pipe()
+            proc = context.Process(target=_outlines_child, args=(child, vocab.eos_token_ids[0], table), daemon=True)
+            proc.start()
+            conn.recv()  # ready
+        conn.send((kind, spec))
+        if conn.poll(timeout_s):
+            times[name] = conn.recv()
+        else:
+            times[name] = None
+            proc.kill()
+            proc.join()
+            proc = None
+        print(f"{name:28s} outlines-core Index {ms(times[name]) if times[name] is not None else 'timeout'}", flush=True)
+    if proc is not None:
+        proc.kill()
+    return times
+
+
+def _outlines_child(conn, eos_token_id, table) -> None:
+    import outlines_core
+    from outlines_core.json_schema import build_regex_from_schema
+
+    vocabulary = outlines_core.Vocabulary(eos_token_id, table)
+    conn.send("ready")
+    while True:
+        kind, spec = conn.recv()
+        regex = build_regex_from_schema(json.dumps(spec), "") if kind == "json_schema" else spec
+        start = time.perf_counter()
+        try:
+            outlines_core.Index(regex, vocabulary)
+            conn.send(time.perf_counter() - start)
+        except Exception:  # noqa: BLE001 - report as not comparable
+            conn.send(float("nan"))
+
+
 def _dist_version(name):
     from importlib.metadata import version
 
@@ -225,7 +275,7 @@ def us(value):
     return "-" if value is None else f"{value:.1f}"
 
 
-def render(args, rows, ours_masks, xgr_masks, jump_stats, vocab_s, num_tokens, xgr) -> str:
+def render(args, rows, ours_masks, xgr_masks, jump_stats, vocab_s, num_tokens, xgr, outlines=None) -> str:
     ours_compile = [r[3] for r in rows]
     xgr_compile = [r[4] for r in rows if r[4] is not None]
     saved = 1 - jump_stats["with"] / max(1, jump_stats["without"])
@@ -234,7 +284,8 @@ def render(args, rows, ours_masks, xgr_masks, jump_stats, vocab_s, num_tokens, x
         "",
         f"- date: {datetime.date.today().isoformat()}",
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()}-core CPU, torch threads 1 (no GPU used)",
-        f"- command: `python benchmarks/bench_grammar.py --walks {args.walks} --jump-walks {args.jump_walks}`",
+        f"- command: `python benchmarks/bench_grammar.py --walks {args.walks} --jump-walks {args.jump_walks}"
+        + (" --outlines`" if outlines else "`"),
         f"- tokenizer: Qwen2 byte-level BPE, {num_tokens} text tokens (vocabulary tables built once in {vocab_s:.2f} s)",
         f"- baseline: xgrammar {xgr.version if xgr else 'not installed'} (same tokenizer, compact JSON separators, cache off)",
         "",
@@ -254,6 +305,7 @@ def render(args, rows, ours_masks, xgr_masks, jump_stats, vocab_s, num_tokens, x
         "per step with its adaptive cache. Jump-forward is simulated: random documents whose free",
         "content (string values, numbers) is random tokens, so savings grow with the share of fixed keys.",
         "",
+        *_outlines_lines(outlines, args),
         "## Per spec",
         "",
         "| kind | spec | DFA states | compile ms (ours) | compile ms (xgrammar) | mask p50 µs (ours) | mask p50 µs (xgrammar) | decode steps without → with jump-forward |",
@@ -263,6 +315,21 @@ def render(args, rows, ours_masks, xgr_masks, jump_stats, vocab_s, num_tokens, x
         steps = f"{jump['without']} → {jump['with']}" if jump["without"] else "-"
         lines.append(f"| {kind} | {name} | {states} | {ms(ours_c)} | {ms(xgr_c)} | {us(ours_m)} | {us(xgr_m)} | {steps} |")
     return "\n".join(lines) + "\n"
+
+
+def _outlines_lines(outlines, args) -> list:
+    """Why the token index is ours: outlines-core's Index build time on the same specs."""
+    if not outlines:
+        return []
+    done = sorted(t for t in outlines.values() if t is not None and t == t)
+    slow = [name for name, t in outlines.items() if t is None]
+    return [
+        "## outlines-core Index build on the same specs (context for the design)",
+        "",
+        f"p50 {ms(statistics.median(done)) if done else '-'} ms over {len(done)} specs that finished; "
+        f"{len(slow)} ran past {args.outlines_timeout:g} s: {', '.join(slow) or 'none'}.",
+        "",
+    ]
 
 
 # ---------------------------------------------------------------------------- workload

@@ -9,6 +9,7 @@ tokenisation.
 
 At the far end, the last new token is held back when a longer allowed token starts with it (the
 forced text ends mid-word, e.g. before a free string); the model then picks the natural merge itself.
+It is never held back when that would drop text the output already had.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def jump_forward(tokenizer: Any, matcher: GrammarMatcher, output_ids: Sequence[i
     trial.rollback(num_rollback)
     if not all(trial.accept_token(t) for t in new):
         return None
-    if new:
+    # Hold back the last token if a longer one could continue it, but never so far that the output
+    # would lose text it already had (the held-back token may hold the tail's last bytes).
+    if new and len(text.encode("utf-8")) - len(vocab.token_bytes[new[-1]]) > len(tail_bytes):
         trial.rollback(1)
         if _may_extend(matcher.grammar, trial.state, new[-1]):
             new = new[:-1]

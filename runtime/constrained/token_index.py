@@ -35,10 +35,6 @@ class TokenIndex:
     masks: np.ndarray  # [num_rows, num_words] int32; bit j of word i <-> token 32*i + j allowed
     can_continue: np.ndarray  # [dfa.num_states] bool: some text token is allowed
 
-    @property
-    def num_token_states(self) -> int:
-        return int((self.state_rows >= 0).sum())
-
 
 def build_token_index(dfa: ByteDFA, vocab: TokenVocabulary) -> TokenIndex:
     """Walk the vocabulary from every DFA state (ValueError if the grammar is too big).

@@ -88,3 +88,14 @@ def test_runaway_compile_times_out_and_the_compiler_keeps_serving(compiler):
         slow.result(timeout=TIMEOUT_S + 30)
     assert compiler.get("regex", r"x[0-9]", timeout=60).accepts(encode(compiler, "x7"))  # respawned worker
     assert compiler.submit("regex", SLOW_REGEX) is slow  # the timeout is cached: not retried
+
+
+def test_compile_workers_never_import_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, runtime.constrained.worker; print('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert result.stdout.strip() == "False"

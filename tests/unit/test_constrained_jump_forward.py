@@ -122,3 +122,4 @@ def test_jump_forward_saves_decode_steps_and_keeps_outputs_valid(tokenizer, gram
             record = json.loads(spell(grammar, output))
             assert set(record) == {"name", "age", "city"}
     assert steps[True] < steps[False]
+

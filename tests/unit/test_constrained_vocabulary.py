@@ -154,3 +154,18 @@ def test_big_vocabulary_masks_equal_brute_force_on_an_ascii_pattern(big_tokenize
         token = rng.choice(sorted(allowed))
         assert matcher.accept_token(token)
         so_far += vocab.token_bytes[token].decode()
+
+
+def test_big_vocabulary_jump_never_removes_text_the_output_already_had(big_tokenizer):
+    # Free keys: after a sampled token that closes the key (e.g. '//"'), ':' is forced and the
+    # re-tokenization splits it as '//' + '":'. Holding back '":' would drop the closing quote.
+    grammar = compile_grammar(big_tokenizer, json_schema={"type": "object", "additionalProperties": {"type": "integer"}})
+    for key in ["//", "a.", "x-", "$", " !", "<<", "'].'", "ab"]:
+        output = big_tokenizer.encode('{"' + key + '"', add_special_tokens=False)
+        matcher = grammar.matcher()
+        assert all(matcher.accept_token(t) for t in output)
+        jump = jump_forward(big_tokenizer, matcher, output)
+        assert jump is not None, key
+        spliced = output[: len(output) - jump.num_rollback] + jump.new_token_ids
+        before, after = spelled(grammar.vocab, output), spelled(grammar.vocab, spliced)
+        assert after.startswith(before) and len(after) > len(before), (key, before, after)
