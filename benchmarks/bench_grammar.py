@@ -10,8 +10,8 @@ Qwen2 151k byte-level BPE tokenizer built offline (tests/unit/_big_tokenizer.py,
 - compile: cold compile of each spec (vocabulary tables built once beforehand, for both engines);
 - mask: time of one `fill_mask` (ours) / `fill_next_token_bitmask` (xgrammar) per decode step, over
   seeded random walks through each grammar (the same token paths for both engines);
-- jump-forward: decode steps (sampled tokens) with and without jump-forward on the JSON schemas,
-  simulated by random walks that often take the token closest to a complete document.
+- jump-forward: decode steps (sampled tokens) to write the same random valid documents of each JSON
+  schema with and without jump-forward (a longest-match "model" writes them).
 """
 
 from __future__ import annotations
@@ -62,8 +62,9 @@ def main() -> None:
         xgr_masks += theirs
         jump = {"with": 0, "without": 0}
         for seed in range(args.jump_walks if kind == "json_schema" else 0):
+            document = b"".join(grammar.vocab.token_bytes[t] for t in random_walk(grammar, random.Random(1000 + seed)))
             for use_jump, key in ((False, "without"), (True, "with")):
-                jump[key] += count_steps(tokenizer, grammar, random.Random(seed), use_jump=use_jump)
+                jump[key] += replay_steps(tokenizer, grammar, document, use_jump)
         for key in jump:
             jump_stats[key] += jump[key]
         row = (kind, name, grammar.dfa.num_states, ours_compile, xgr_compile, pct(ours, 50), pct(theirs, 50), jump)
@@ -166,27 +167,36 @@ def time_our_masks(grammar, walk):
     return times
 
 
-def count_steps(tokenizer, grammar, rng, use_jump: bool) -> int:
-    """Sampled tokens (decode steps) to finish one random document, with or without jump-forward."""
-    import torch
+_BY_BYTES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
-    from runtime.constrained import allocate_token_bitmask, jump_forward
 
-    matcher, output, steps = grammar.matcher(), [], 0
-    bitmask, shifts = allocate_token_bitmask(1, grammar.vocab_size), torch.arange(32, dtype=torch.int32)
-    while not matcher.is_terminated() and steps < 400:
+def replay_steps(tokenizer, grammar, document: bytes, use_jump: bool) -> int:
+    """Decode steps to write `document` (a valid output) again, the "model" taking at each step the
+    longest allowed token that continues it; with jump-forward, forced text is spliced in between.
+    Both runs write the same document, so the difference is what jump-forward saves."""
+    from runtime.constrained import jump_forward
+
+    by_bytes = _BY_BYTES.get(grammar.vocab)
+    if by_bytes is None:
+        by_bytes = {data: i for i, data in enumerate(grammar.vocab.token_bytes) if data is not None}
+        _BY_BYTES[grammar.vocab] = by_bytes
+    matcher, output, written, steps = grammar.matcher(), [], 0, 0
+    longest = grammar.vocab.trie.max_len
+    while written < len(document):
         if use_jump:
             jump = jump_forward(tokenizer, matcher, output)
             if jump is not None:
                 output = output[: len(output) - jump.num_rollback] + jump.new_token_ids
+                written = sum(len(grammar.vocab.token_bytes[t]) for t in output)
                 continue
-        choices = allowed_tokens(matcher, bitmask, shifts)
-        choices = choices[[t not in grammar.eos_token_ids for t in choices.tolist()]]
-        if not len(choices):
-            break
-        token = pick(grammar, matcher, choices, rng)
-        assert matcher.accept_token(token)
+        for size in range(min(longest, len(document) - written), 0, -1):
+            token = by_bytes.get(document[written : written + size])
+            if token is not None and matcher.accept_token(token):
+                break
+        else:
+            raise AssertionError("the document cannot be written with allowed tokens")
         output.append(token)
+        written += size
         steps += 1
     return steps
 
@@ -324,9 +334,11 @@ def render(args, rows, ours_masks, xgr_masks, jump_stats, vocab_s, num_tokens, x
         "Notes: compile is cold (no cache), for our engine spec → regex → DFA → masks of every state;",
         "the vocabulary tables (ours above, xgrammar's TokenizerInfo) are built once per tokenizer and",
         "not counted. A mask step for us is a row copy of a precomputed mask; xgrammar computes masks",
-        "per step with its adaptive cache. Jump-forward is simulated on random documents: each step takes",
-        "a uniformly random allowed token (65%) or, from 256 sampled allowed tokens, the one closest to a",
-        "complete document (35%); free content is random, so savings grow with the share of fixed keys.",
+        "per step with its adaptive cache. Jump-forward: random valid documents (each step a uniformly",
+        "random allowed token, or 35% of the time the sampled token closest to a complete document) are",
+        "written again by a \"model\" that takes the longest allowed token continuing the document, with and",
+        "without jump-forward splicing forced text in; the same documents, so the difference is paired.",
+        "Free content is random, so savings grow with the share of fixed keys.",
         "",
         *_outlines_lines(outlines, args),
         "## Per spec",

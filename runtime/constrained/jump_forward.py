@@ -14,6 +14,7 @@ It is never held back when that would drop text the output already had.
 
 from __future__ import annotations
 
+import weakref
 from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -119,12 +120,12 @@ def _may_extend(grammar: CompiledGrammar, state: int, token_id: int) -> bool:
     return bool(((words[ids >> 5] >> (ids & 31).astype(np.int32)) & 1).any())
 
 
-_SORTED: dict[int, tuple[TokenVocabulary, list[bytes]]] = {}
+_SORTED: "weakref.WeakKeyDictionary[TokenVocabulary, list[bytes]]" = weakref.WeakKeyDictionary()
 
 
 def _sorted_bytes(vocab: TokenVocabulary) -> list[bytes]:
     """Text tokens' bytes in lexicographic order (the order of vocab.text_ids), cached per vocabulary."""
-    entry = _SORTED.get(id(vocab))
-    if entry is None or entry[0] is not vocab:
-        entry = _SORTED[id(vocab)] = (vocab, [vocab.token_bytes[i] for i in vocab.text_ids])
-    return entry[1]
+    ordered = _SORTED.get(vocab)
+    if ordered is None:
+        ordered = _SORTED[vocab] = [vocab.token_bytes[i] for i in vocab.text_ids]
+    return ordered

@@ -30,7 +30,7 @@ from runtime.constrained.trie import VocabTrie, build_trie
 _SP_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity semantics: hashable, usable as a cache key
 class TokenVocabulary:
     """Bytes of every token id, and the text tokens as a trie for vectorised walks.
 
