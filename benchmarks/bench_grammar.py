@@ -315,7 +315,7 @@ def render(args, rows, ours_masks, xgr_masks, jump_stats, vocab_s, num_tokens, x
         "# Grammar benchmark (constrained decoding)",
         "",
         f"- date: {datetime.date.today().isoformat()}",
-        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()}-core CPU, torch threads 1 (no GPU used)",
+        f"- machine: {_cpu_name()}, {os.cpu_count()}-core CPU, torch threads 1 (no GPU used)",
         f"- command: `python benchmarks/bench_grammar.py --walks {args.walks} --jump-walks {args.jump_walks}"
         + (" --outlines`" if outlines else "`"),
         f"- tokenizer: Qwen2 byte-level BPE, {num_tokens} text tokens (vocabulary tables built once in {vocab_s:.2f} s)",
@@ -350,6 +350,17 @@ def render(args, rows, ours_masks, xgr_masks, jump_stats, vocab_s, num_tokens, x
         steps = f"{jump['without']} → {jump['with']}" if jump["without"] else "-"
         lines.append(f"| {kind} | {name} | {states} | {ms(ours_c)} | {ms(xgr_c)} | {us(ours_m)} | {us(xgr_m)} | {steps} |")
     return "\n".join(lines) + "\n"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _outlines_lines(outlines, args) -> list:
