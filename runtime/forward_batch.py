@@ -49,3 +49,50 @@ class ForwardBatch:
     @property
     def device(self) -> torch.device:
         return self.input_ids.device
+
+
+def build_forward_batch(
+    mode: ForwardMode,
+    input_ids: "list[int] | torch.Tensor",
+    positions: list[int],
+    out_cache_loc: torch.Tensor,
+    rows: list[int],
+    seq_lens: list[int],
+    req_to_token: torch.Tensor,
+    kv_pool: KVPool,
+    prefix_lens: Optional[list[int]] = None,
+    extend_lens: Optional[list[int]] = None,
+) -> ForwardBatch:
+    """A ForwardBatch from host lists. `input_ids` may already be a device tensor (overlap: tokens
+    the previous step sampled and the host has not seen). One host tensor and one non-blocking copy
+    carry every per-request integer."""
+    device = req_to_token.device
+    bsz = len(rows)
+    ids_on_device = isinstance(input_ids, torch.Tensor)
+    per_req = [rows, seq_lens] + ([prefix_lens, extend_lens] if mode is ForwardMode.EXTEND else [])
+    host = torch.tensor(
+        ([] if ids_on_device else list(input_ids)) + list(positions) + [v for column in per_req for v in column],
+        dtype=torch.int64,
+    )
+    dev = host if device.type == "cpu" else host.to(device, non_blocking=True)
+    num_tokens = len(positions)
+    offset = 0 if ids_on_device else num_tokens
+    per_req_dev = dev[offset + num_tokens :].view(len(per_req), bsz)
+    per_req_cpu = host[offset + num_tokens :].view(len(per_req), bsz)
+    batch = ForwardBatch(
+        mode=mode,
+        batch_size=bsz,
+        input_ids=input_ids if ids_on_device else dev[:num_tokens],
+        positions=dev[offset : offset + num_tokens],
+        req_pool_indices=per_req_dev[0],
+        seq_lens=per_req_dev[1].to(torch.int32),
+        out_cache_loc=out_cache_loc.to(device),
+        req_to_token=req_to_token,
+        kv_pool=kv_pool,
+        seq_lens_cpu=per_req_cpu[1],
+    )
+    if mode is ForwardMode.EXTEND:
+        batch.extend_prefix_lens_cpu, batch.extend_seq_lens_cpu = per_req_cpu[2], per_req_cpu[3]
+        batch.extend_prefix_lens = per_req_dev[2].to(torch.int32)
+        batch.extend_seq_lens = per_req_dev[3].to(torch.int32)
+    return batch

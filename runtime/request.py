@@ -65,6 +65,7 @@ class Req:
     num_retractions: int = 0
     admitted_before: bool = False
     jump_forward_tokens: int = 0
+    output_epoch: int = 0  # bumped when output ids are rewritten: tokens sampled before are stale
     input_token_logprobs: list = field(default_factory=list)
     input_top_logprobs: list = field(default_factory=list)
     output_token_logprobs: list = field(default_factory=list)

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import torch
 
 from runtime.request import Req
+from runtime.transfer import to_device
 
 
 @dataclass
@@ -30,24 +31,32 @@ class SamplingBatch:
     generators: list[Optional[torch.Generator]]
 
     @classmethod
-    def from_reqs(cls, reqs: Sequence[Req], vocab_size: int, device: torch.device) -> "SamplingBatch":
+    def from_reqs(
+        cls, reqs: Sequence[Req], vocab_size: int, device: torch.device, live: Optional[Sequence[bool]] = None
+    ) -> "SamplingBatch":
+        """`live[i]` False: row i's result will be discarded (its request finished or was rewritten
+        while the batch ran); it is sampled greedily and does not consume its request's generator."""
+        live = live if live is not None else [True] * len(reqs)
         params = [r.sampling_params for r in reqs]
-        greedy = [p.is_greedy for p in params]
+        greedy = [p.is_greedy or not alive for p, alive in zip(params, live)]
         top_ks = [p.top_k if p.top_k > 0 else vocab_size for p in params]
+        floats = to_device(
+            [[1.0 if g else p.temperature for p, g in zip(params, greedy)], [p.top_p for p in params],
+             [p.min_p for p in params]],
+            torch.float32, device,
+        )
         return cls(
-            temperatures=torch.tensor(
-                [[1.0 if g else p.temperature] for p, g in zip(params, greedy)], dtype=torch.float32, device=device
-            ),
-            top_ps=torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
-            top_ks=torch.tensor(top_ks, dtype=torch.int64, device=device),
-            min_ps=torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device),
-            greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
+            temperatures=floats[0].unsqueeze(1),
+            top_ps=floats[1],
+            top_ks=to_device(top_ks, torch.int64, device),
+            min_ps=floats[2],
+            greedy=to_device(greedy, torch.bool, device),
             all_greedy=all(greedy),
             needs_filter=any(
                 not g and (p.top_p < 1.0 or p.top_k > 0 or p.min_p > 0.0) for p, g in zip(params, greedy)
             ),
-            penalized=[i for i, p in enumerate(params) if p.needs_penalties],
-            generators=[r.generator for r in reqs],
+            penalized=[i for i, (p, alive) in enumerate(zip(params, live)) if alive and p.needs_penalties],
+            generators=[r.generator if alive else None for r, alive in zip(reqs, live)],
         )
 
 
@@ -59,12 +68,12 @@ def apply_penalties(logits: torch.Tensor, reqs: Sequence[Req], rows: list[int]) 
         p = reqs[i].sampling_params
         row = logits[i]
         if p.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(reqs[i].fill_ids)), dtype=torch.int64, device=logits.device)
+            seen = to_device(sorted(set(reqs[i].fill_ids)), torch.int64, logits.device)
             seen = seen[seen < vocab]
             vals = row[seen]
             row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
         if (p.frequency_penalty != 0.0 or p.presence_penalty != 0.0) and reqs[i].output_ids:
-            out = torch.tensor(reqs[i].output_ids, dtype=torch.int64, device=logits.device)
+            out = to_device(reqs[i].output_ids, torch.int64, logits.device)
             counts = torch.bincount(out[out < vocab], minlength=vocab).to(row.dtype)
             row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
 
@@ -95,15 +104,31 @@ def _filter(probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(-1, order, sorted_p)
 
 
+def token_logprob_tensors(
+    logits: torch.Tensor, token_ids: torch.Tensor, top_n: int
+) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """On the logits' device, without a sync: the logprob of each chosen token under
+    log_softmax(logits) (raw logits: no temperature or mask) [N], and when top_n > 0 the top_n
+    alternatives' logprobs and ids [N, top_n]. logits: [N, V], token_ids: [N]."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(-1, token_ids.view(-1, 1)).view(-1)
+    if top_n <= 0:
+        return chosen, None, None
+    values, indices = logprobs.topk(min(top_n, logprobs.shape[-1]), dim=-1)
+    return chosen, values, indices
+
+
+def logprobs_to_lists(
+    chosen: torch.Tensor, values: Optional[torch.Tensor], indices: Optional[torch.Tensor]
+) -> tuple[list[float], Optional[list[list[tuple[float, int]]]]]:
+    """Host lists from token_logprob_tensors' results."""
+    if values is None:
+        return chosen.tolist(), None
+    return chosen.tolist(), [list(zip(v, i)) for v, i in zip(values.tolist(), indices.tolist())]
+
+
 def token_logprobs(
     logits: torch.Tensor, token_ids: torch.Tensor, top_n: int
 ) -> tuple[list[float], Optional[list[list[tuple[float, int]]]]]:
-    """Logprob of each chosen token under log_softmax(logits) (raw logits: no temperature or mask),
-    and the top_n alternatives per row when top_n > 0. logits: [N, V], token_ids: [N]."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    chosen = logprobs.gather(-1, token_ids.view(-1, 1)).view(-1).tolist()
-    if top_n <= 0:
-        return chosen, None
-    values, indices = logprobs.topk(min(top_n, logprobs.shape[-1]), dim=-1)
-    tops = [list(zip(v, i)) for v, i in zip(values.tolist(), indices.tolist())]
-    return chosen, tops
+    """token_logprob_tensors as host lists (waits for the device)."""
+    return logprobs_to_lists(*token_logprob_tensors(logits, token_ids, top_n))

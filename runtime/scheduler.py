@@ -17,12 +17,14 @@ import torch
 
 from runtime.cache.radix import create_prefix_cache
 from runtime.config import EngineConfig
-from runtime.forward_batch import ForwardBatch, ForwardMode
+from runtime.forward_batch import ForwardMode, build_forward_batch
+from runtime.launched_batch import LaunchedBatch
 from runtime.output_processor import OutputProcessor, abort_reason
 from runtime.request import FinishReason, Req
 from runtime.schedule_policy import Admission, PrefillAdder, order_waiting
 from runtime.scheduler_stats import SchedulerStats
 from runtime.step_sampler import StepSampler
+from runtime.transfer import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,9 @@ class Scheduler:
         self.waiting: list[Req] = []
         self.running: list[Req] = []
         self.chunked: Optional[Req] = None
+        self.overlap = not config.disable_overlap_schedule
+        self.inflight: Optional[LaunchedBatch] = None  # sampled on the device, not yet processed
+        self._launching: list[Req] = []  # the requests of the phase being run (for failures)
         self.inbox: "queue.SimpleQueue[tuple[str, object]]" = queue.SimpleQueue()
         self.stats = SchedulerStats()
         self._stopped = False
@@ -68,11 +73,15 @@ class Scheduler:
             if self._stopped:
                 break
             if self.has_work():
-                self.step()
+                try:
+                    self.step()
+                except Exception as exc:  # a bug outside a guarded phase: fail the requests, keep serving
+                    logger.error("scheduler step crashed: %s", traceback.format_exc())
+                    self._abort_everything(f"internal error: {type(exc).__name__}: {exc}")
         self._abort_everything("engine shut down")
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.chunked)
+        return bool(self.waiting or self.running or self.chunked or self.inflight)
 
     def _drain_inbox(self, block: bool) -> None:
         while True:
@@ -100,20 +109,49 @@ class Scheduler:
                 return
 
     def step(self) -> None:
-        admissions = self._schedule_extend()
-        batch_reqs = [a.req for a in admissions] if admissions else list(self.running)
+        """Launch the next batch; then, while the device runs it, process the previous batch's
+        results; then sample the new batch. Without overlap a batch is processed right after it
+        is sampled. See launched_batch.py."""
+        launched = self._guard(self._launch)
+        if self.inflight is not None:
+            previous, self.inflight = self.inflight, None
+            self._launching = previous.reqs
+            self._guard(self._process, previous)
+        if launched is not None:
+            self._launching = launched.reqs
+            self._guard(self._sample, launched)
+            if launched.next_ids is not None:
+                if self.overlap:
+                    self.inflight = launched
+                else:
+                    self._guard(self._process, launched)
+
+    def _guard(self, fn, *args):
+        """Run one phase of a step. A failure must not take the server down or leak slots: the
+        requests of the batch being worked on finish with an abort reason. Returns None then."""
         try:
-            if admissions:
-                self._run_extend(admissions)
-            elif self.running:
-                self._run_decode()
-        except Exception as exc:  # a failed step must not take the server down or leak its slots
+            return fn(*args)
+        except Exception as exc:
             logger.error("step failed: %s", traceback.format_exc())
             message = f"internal error: {type(exc).__name__}: {exc}"
-            for req in batch_reqs:
+            for req in self._launching:
                 if not req.finished:
-                    self._remove_everywhere(req)  # NOTE: admitted requests are in no queue yet
+                    self._remove_everywhere(req)
                     self._finish(req, abort_reason(message))
+            return None
+
+    def _launch(self) -> Optional[LaunchedBatch]:
+        """Schedule the next batch and queue its forward pass. None if nothing can run now."""
+        self._launching = []
+        admissions = self._schedule_extend()
+        if admissions:
+            self._launching = [a.req for a in admissions]
+            return self._launch_extend(admissions)
+        reqs = self._make_room_for_decode(self._decode_candidates())
+        if not reqs:
+            return None
+        self._launching = reqs
+        return self._launch_decode(reqs)
 
     # ------------------------------------------------------------------ extend
     def _schedule_extend(self) -> list[Admission]:
@@ -129,7 +167,7 @@ class Scheduler:
         self.waiting = [r for r in self.waiting if id(r) not in admitted]
         return adder.admitted
 
-    def _run_extend(self, admissions: list[Admission]) -> None:
+    def _launch_extend(self, admissions: list[Admission]) -> Optional[LaunchedBatch]:
         input_ids, positions, out_locs, rows, prefix_lens, extend_lens = [], [], [], [], [], []
         for a in admissions:
             req = a.req
@@ -145,8 +183,9 @@ class Scheduler:
             extend_lens.append(a.extend_len)
             req.kv_len += a.extend_len
         seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
-        fb = self._forward_batch(
-            ForwardMode.EXTEND, input_ids, positions, torch.cat(out_locs), rows, seq_lens, prefix_lens, extend_lens
+        fb = build_forward_batch(
+            ForwardMode.EXTEND, input_ids, positions, torch.cat(out_locs), rows, seq_lens,
+            self.req_pool.req_to_token, self.runner.kv_pool, prefix_lens, extend_lens,
         )
         hidden = self.runner.forward(fb)
         finishing = self.sampler.extend_logits(admissions, hidden, prefix_lens, extend_lens)
@@ -154,16 +193,20 @@ class Scheduler:
         if not self.config.disable_radix_cache:
             for a in admissions:
                 self._cache_prefill(a.req)
-        if finishing:
-            reqs, logits = finishing
-            keep = [i for i, r in enumerate(reqs) if r.sampling_params.max_new_tokens > 0]
-            for req in reqs:
-                if req.sampling_params.max_new_tokens == 0:  # prompt scoring only (select, logprobs)
-                    self._finish(req, FinishReason("length", length=0))
-            if keep:
-                reqs = [reqs[i] for i in keep]
-                logits = logits[torch.tensor(keep, dtype=torch.int64, device=logits.device)]
-                self._append_tokens(reqs, self.sampler.sample(reqs, logits), logits, joining=True)
+        if not finishing:
+            return None
+        reqs, logits = finishing
+        keep = [i for i, r in enumerate(reqs) if r.sampling_params.max_new_tokens > 0]
+        for req in reqs:
+            if req.sampling_params.max_new_tokens == 0:  # prompt scoring only (select, logprobs)
+                self._finish(req, FinishReason("length", length=0))
+        if not keep:
+            return None
+        if len(keep) < len(reqs):
+            reqs = [reqs[i] for i in keep]
+            logits = logits[to_device(keep, torch.int64, logits.device)]
+        self.running.extend(reqs)  # they decode from the next step on, reading the token on the device
+        return LaunchedBatch(reqs, logits)
 
     def _cache_prefill(self, req: Req) -> None:
         """Hand the KV just computed to the prefix cache at once (not only when the request ends),
@@ -190,24 +233,53 @@ class Scheduler:
             self.stats.on_prefix_hit(req)
 
     # ------------------------------------------------------------------ decode
-    def _run_decode(self) -> None:
-        self._make_room_for_decode()
-        reqs = list(self.running)
+    def _decode_candidates(self) -> list[Req]:
+        """Running requests that will still want a token after the batch in flight: a request that
+        batch brings to max_new_tokens is left out (other finishes are unknown until its results)."""
+        inflight = self.inflight
+        return [
+            r for r in self.running
+            if len(r.output_ids) + (inflight is not None and inflight.pending_row(r) is not None)
+            < r.sampling_params.max_new_tokens
+        ]
+
+    def _launch_decode(self, reqs: list[Req]) -> LaunchedBatch:
         slots = self._allocate_slots(len(reqs))
-        input_ids = [r.output_ids[-1] if r.output_ids else r.origin_input_ids[-1] for r in reqs]
+        input_ids = self._decode_input_ids(reqs)
         positions = [r.kv_len for r in reqs]
         rows = [r.req_pool_idx for r in reqs]
         for req in reqs:
             req.kv_len += 1
-        fb = self._forward_batch(ForwardMode.DECODE, input_ids, positions, slots, rows, [r.kv_len for r in reqs])
+        fb = build_forward_batch(
+            ForwardMode.DECODE, input_ids, positions, slots, rows, [r.kv_len for r in reqs],
+            self.req_pool.req_to_token, self.runner.kv_pool,
+        )
         # one scatter for the whole batch: each request's new slot at its position
         self.req_pool.req_to_token[fb.req_pool_indices, fb.positions] = slots.to(torch.int32)
-        logits = self.runner.decode(fb)
-        self._append_tokens(reqs, self.sampler.sample(reqs, logits), logits, joining=False)
+        return LaunchedBatch(reqs, self.runner.decode(fb))
 
-    def _make_room_for_decode(self) -> None:
-        """Evict cached prefixes, then retract requests, until every running request has a slot."""
-        while not self._ensure_free(len(self.running)):
+    def _decode_input_ids(self, reqs: list[Req]) -> "list[int] | torch.Tensor":
+        """Each request's newest token: from the host, or, for tokens the batch in flight sampled
+        and the host has not seen yet, gathered on the device from that batch's next_ids."""
+        host = [r.output_ids[-1] if r.output_ids else r.origin_input_ids[-1] for r in reqs]
+        inflight = self.inflight
+        if inflight is None:
+            return host
+        src = [inflight.pending_row(r) for r in reqs]
+        if all(row is None for row in src):
+            return host
+        device = self.runner.device
+        if src == list(range(len(inflight.reqs))):
+            return inflight.next_ids  # steady state: the same requests in the same order
+        index = to_device([[0 if row is None else row for row in src], host], torch.int64, device)
+        from_device = to_device([row is not None for row in src], torch.bool, device)
+        return torch.where(from_device, inflight.next_ids[index[0]], index[1])
+
+    def _make_room_for_decode(self, reqs: list[Req]) -> list[Req]:
+        """Evict cached prefixes, then retract requests, until each of `reqs` has a slot; returns
+        the requests that stay."""
+        reqs = list(reqs)
+        while not self._ensure_free(len(reqs)):
             if self.chunked is not None:
                 # a half-prefilled prompt yields first: it has produced nothing yet
                 req, self.chunked = self.chunked, None
@@ -217,11 +289,14 @@ class Scheduler:
                 req.num_retractions += 1
                 self.stats.num_retractions += 1
                 self.waiting.insert(0, req)
-            elif len(self.running) > 1:
+            elif len(reqs) > 1:
                 # retract the request that loses least: fewest output tokens, newest first on ties
-                self._retract(min(reversed(self.running), key=lambda r: r.num_output))
+                victim = min(reversed(reqs), key=lambda r: r.num_output)
+                reqs.remove(victim)
+                self._retract(victim)
             else:
-                return
+                break
+        return reqs
 
     def _ensure_free(self, n: int) -> bool:
         if self.allocator.num_free < n:
@@ -229,6 +304,8 @@ class Scheduler:
         return self.allocator.num_free >= n
 
     def _retract(self, req: Req) -> None:
+        """Back to waiting, KV released. A token it has in flight still arrives and is kept: the
+        request re-prefills everything it has when it is admitted again."""
         self.running.remove(req)
         self._release(req)
         req.num_retractions += 1
@@ -236,26 +313,38 @@ class Scheduler:
         self.waiting.insert(0, req)
 
     # ------------------------------------------------------------------ results
-    def _append_tokens(self, reqs: list[Req], next_ids: torch.Tensor, logits: torch.Tensor, joining: bool) -> None:
-        self.sampler.record_output_logprobs(reqs, logits, next_ids)
-        for req, token_id in zip(reqs, next_ids.tolist()):
-            if req.finished:  # aborted while its batch ran
+    def _sample(self, batch: LaunchedBatch) -> None:
+        live = [batch.is_live(i) for i in range(len(batch.reqs))]
+        next_ids = self.sampler.sample(batch.reqs, batch.logits, live)
+        rows, logprobs = self.sampler.output_logprobs(batch.reqs, batch.logits, next_ids, live)
+        batch.set_sampled(next_ids, rows, logprobs)
+
+    def _process(self, batch: LaunchedBatch) -> None:
+        results = batch.wait()
+        logprob_index = {row: k for k, row in enumerate(results.logprob_rows)}
+        for i, (req, token_id) in enumerate(zip(batch.reqs, results.token_ids)):
+            if not batch.is_live(i):  # finished or rewritten while the batch ran
                 continue
+            if i in logprob_index:
+                self._record_logprob(req, token_id, results, logprob_index[i])
             req.output_ids.append(token_id)
             self.output.on_token(req, token_id)
             self.stats.on_token(req)
             if req.finished:
-                if not joining:
-                    self.running.remove(req)
+                self._remove_everywhere(req)
                 self._finish(req, req.finished_reason)
                 continue
-            if req.grammar is not None and self.jump_forward_enabled and self._jump_forward(req, joining):
+            if req.grammar is not None and self.jump_forward_enabled and self._jump_forward(req):
                 continue
-            if joining:
-                self.running.append(req)
             self.output.emit(req, req.stream)
 
-    def _jump_forward(self, req: Req, joining: bool) -> bool:
+    @staticmethod
+    def _record_logprob(req: Req, token_id: int, results, k: int) -> None:
+        req.output_token_logprobs.append((results.logprobs[k], token_id, None))
+        if req.top_logprobs_num:
+            req.output_top_logprobs.append([(lp, t, None) for lp, t in results.top_logprobs[k][: req.top_logprobs_num]])
+
+    def _jump_forward(self, req: Req) -> bool:
         """Append the text the grammar forces next as natural tokens, then send the request back
         through one extend step (k forced tokens cost one step instead of k). True if it jumped."""
         from runtime.constrained.jump_forward import jump_forward
@@ -265,6 +354,7 @@ class Scheduler:
             return False
         keep = len(req.output_ids) - jump.num_rollback
         req.output_ids[keep:] = jump.new_token_ids
+        req.output_epoch += 1  # a token sampled for the old ids (a batch in flight) is stale now
         req.jump_forward_tokens += len(jump.new_token_ids)
         if req.return_logprob:  # forced tokens were not sampled: they have no logprob
             del req.output_token_logprobs[keep:]
@@ -273,20 +363,22 @@ class Scheduler:
                 del req.output_top_logprobs[keep:]
                 req.output_top_logprobs.extend(None for _ in jump.new_token_ids)
         self.output.restart_decoding(req, keep)
-        if not joining:
-            self.running.remove(req)
-        # KV of rewritten positions is stale: drop it (own slots only; cached ones stay with the cache)
-        valid = min(req.kv_len, len(req.origin_input_ids) + keep)
-        own_start = max(valid, req.cached_len)
-        if req.kv_len > own_start:
-            self.allocator.free(self.req_pool.read(req.req_pool_idx, req.kv_len, start=own_start))
-        req.kv_len = valid
+        if req.req_pool_idx is not None:
+            # KV of rewritten positions is stale: drop it (own slots only; cached ones stay with the cache)
+            valid = min(req.kv_len, len(req.origin_input_ids) + keep)
+            own_start = max(valid, req.cached_len)
+            if req.kv_len > own_start:
+                self.allocator.free(self.req_pool.read(req.req_pool_idx, req.kv_len, start=own_start))
+            req.kv_len = valid
         reason = self.output.finish_after_jump(req)
         if reason is not None:
+            self._remove_everywhere(req)
             self._finish(req, reason)
             return True
-        self._release(req)
-        self.waiting.insert(0, req)
+        if req in self.running:
+            self.running.remove(req)
+            self._release(req)
+            self.waiting.insert(0, req)
         self.output.emit(req, req.stream)
         return True
 
@@ -300,8 +392,12 @@ class Scheduler:
         """Give a request's KV to the prefix cache (what it computed) and its row back."""
         if req.req_pool_idx is None:
             return
+        tokens = req.fill_ids[: req.kv_len]
         slots = self.req_pool.read(req.req_pool_idx, req.kv_len)
-        inserted = self.cache.insert(req.fill_ids[: req.kv_len], slots)
+        if len(tokens) < req.kv_len:  # a failed step left positions whose token never reached the host
+            self.allocator.free(slots[len(tokens) :])
+            slots = slots[: len(tokens)]
+        inserted = self.cache.insert(tokens, slots)
         if inserted.num_cached > req.cached_len:
             # positions another request cached meanwhile: our copies are duplicates
             self.allocator.free(slots[req.cached_len : inserted.num_cached])
@@ -327,41 +423,12 @@ class Scheduler:
     def _abort_everything(self, message: str) -> None:
         for req in [*self.waiting, *self.running, *([self.chunked] if self.chunked else [])]:
             self._abort(req.rid, message)
+        self.inflight = None  # its requests are finished; what it still writes lands in freed slots
 
     # ------------------------------------------------------------------ helpers
     def _allocate_slots(self, n: int) -> torch.Tensor:
         self._ensure_free(n)
         return self.allocator.allocate(n)
-
-    def _forward_batch(
-        self, mode, input_ids, positions, out_loc, rows, seq_lens, prefix_lens=None, extend_lens=None
-    ) -> ForwardBatch:
-        device = self.runner.device
-        bsz = len(rows)
-        # one host tensor and one host→device copy for all per-request integers (each copy is a sync)
-        per_req = [rows, seq_lens] + ([prefix_lens, extend_lens] if mode is ForwardMode.EXTEND else [])
-        host = torch.tensor(input_ids + positions + [v for column in per_req for v in column], dtype=torch.int64)
-        dev = host.to(device, non_blocking=True)
-        num_tokens = len(input_ids)
-        per_req_dev = dev[2 * num_tokens :].view(len(per_req), bsz)
-        per_req_cpu = host[2 * num_tokens :].view(len(per_req), bsz)
-        fb = ForwardBatch(
-            mode=mode,
-            batch_size=bsz,
-            input_ids=dev[:num_tokens],
-            positions=dev[num_tokens : 2 * num_tokens],
-            req_pool_indices=per_req_dev[0],
-            seq_lens=per_req_dev[1].to(torch.int32),
-            out_cache_loc=out_loc.to(device),
-            req_to_token=self.req_pool.req_to_token,
-            kv_pool=self.runner.kv_pool,
-            seq_lens_cpu=per_req_cpu[1],
-        )
-        if mode is ForwardMode.EXTEND:
-            fb.extend_prefix_lens_cpu, fb.extend_seq_lens_cpu = per_req_cpu[2], per_req_cpu[3]
-            fb.extend_prefix_lens = per_req_dev[2].to(torch.int32)
-            fb.extend_seq_lens = per_req_dev[3].to(torch.int32)
-        return fb
 
     def _idle_check(self) -> None:
         """Idle: the pool must be whole. A failure is logged loudly but must not stop serving."""

@@ -11,8 +11,9 @@ import torch
 
 from runtime.config import EngineConfig
 from runtime.request import Req
-from runtime.sampler import SamplingBatch, apply_penalties, sample, token_logprobs
+from runtime.sampler import SamplingBatch, apply_penalties, sample, token_logprob_tensors, token_logprobs
 from runtime.schedule_policy import Admission
+from runtime.transfer import to_device
 
 
 def _plain_greedy(req: Req) -> bool:
@@ -43,7 +44,7 @@ class StepSampler:
             offset += n
         if not done:
             return None
-        rows = torch.tensor(last_rows, dtype=torch.int64, device=hidden.device)
+        rows = to_device(last_rows, torch.int64, hidden.device)
         return done, self.runner.compute_logits(hidden[rows])
 
     def _record_prompt_logprobs(self, req: Req, hidden: torch.Tensor, start: int) -> None:
@@ -60,7 +61,7 @@ class StepSampler:
         hi = min(start + hidden.shape[0], len(prompt) - 1)
         if hi > lo:
             logits = self.runner.compute_logits(hidden[lo - start : hi - start])
-            targets = torch.tensor(prompt[lo + 1 : hi + 1], dtype=torch.int64, device=logits.device)
+            targets = to_device(prompt[lo + 1 : hi + 1], torch.int64, logits.device)
             chosen, tops = token_logprobs(logits, targets, req.top_logprobs_num)
             req.input_token_logprobs.extend((lp, t, None) for lp, t in zip(chosen, prompt[lo + 1 : hi + 1]))
             if tops is not None:
@@ -69,32 +70,44 @@ class StepSampler:
             req.prompt_logprobs_done = True
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, reqs: list[Req], logits: torch.Tensor) -> torch.Tensor:
-        """logits: [B, V] float32 raw → next token ids [B]. Raw logits stay untouched (logprobs)."""
-        if all(_plain_greedy(r) for r in reqs):
+    def sample(self, reqs: list[Req], logits: torch.Tensor, live: Optional[list[bool]] = None) -> torch.Tensor:
+        """logits: [B, V] float32 raw → next token ids [B], queued on the device (no host sync).
+        Raw logits stay untouched (logprobs). Rows with live[i] False are sampled greedily and
+        unconstrained: their results are dropped (see launched_batch.py)."""
+        live = live if live is not None else [True] * len(reqs)
+        if all(_plain_greedy(r) or not alive for r, alive in zip(reqs, live)):
             return torch.argmax(logits, dim=-1)  # the common fast path: no per-row tensors to build
         work = logits
-        batch = SamplingBatch.from_reqs(reqs, logits.shape[-1], logits.device)
-        if batch.penalized or any(r.sampling_params.min_new_tokens for r in reqs) or any(r.grammar for r in reqs):
+        batch = SamplingBatch.from_reqs(reqs, logits.shape[-1], logits.device, live)
+        constrained = [r if alive else None for r, alive in zip(reqs, live)]
+        if batch.penalized or any(r and r.sampling_params.min_new_tokens for r in constrained) or any(
+            r and r.grammar for r in constrained
+        ):
             work = logits.clone()
             apply_penalties(work, reqs, batch.penalized)
-            self._mask_early_stops(work, reqs)
-            self._apply_grammars(work, reqs)
+            self._mask_early_stops(work, constrained)
+            self._apply_grammars(work, constrained)
         return sample(work, batch, self.generator)
 
     @staticmethod
-    def _mask_early_stops(logits: torch.Tensor, reqs: list[Req]) -> None:
+    def _mask_early_stops(logits: torch.Tensor, reqs: list[Optional[Req]]) -> None:
         """Before min_new_tokens, EOS and stop token ids must not be chosen."""
+        rows, cols = [], []
         for i, req in enumerate(reqs):
+            if req is None:
+                continue
             p = req.sampling_params
             if len(req.output_ids) < p.min_new_tokens:
                 banned = set(p.stop_token_ids) | (set() if p.ignore_eos else set(req.eos_token_ids))
                 ids = [t for t in banned if t < logits.shape[-1]]
-                if ids:
-                    logits[i, ids] = float("-inf")
+                rows.extend([i] * len(ids))
+                cols.extend(ids)
+        if rows:
+            index = to_device([rows, cols], torch.int64, logits.device)
+            logits[index[0], index[1]] = float("-inf")
 
-    def _apply_grammars(self, logits: torch.Tensor, reqs: list[Req]) -> None:
-        rows = [i for i, r in enumerate(reqs) if r.grammar is not None]
+    def _apply_grammars(self, logits: torch.Tensor, reqs: list[Optional[Req]]) -> None:
+        rows = [i for i, r in enumerate(reqs) if r is not None and r.grammar is not None and not r.grammar.is_terminated()]
         if not rows:
             return
         from runtime.constrained.bitmask import allocate_token_bitmask, apply_token_bitmask_
@@ -102,18 +115,17 @@ class StepSampler:
         bitmask = allocate_token_bitmask(len(reqs), logits.shape[-1], device="cpu")
         for i in rows:
             reqs[i].grammar.fill_mask(bitmask, i)
-        index = torch.tensor(rows, dtype=torch.int64, device=logits.device)
+        index = to_device(rows, torch.int64, logits.device)
         apply_token_bitmask_(logits, bitmask.to(logits.device, non_blocking=True), index)
 
-    def record_output_logprobs(self, reqs: list[Req], logits: torch.Tensor, next_ids: torch.Tensor) -> None:
-        rows = [i for i, r in enumerate(reqs) if r.return_logprob]
+    @staticmethod
+    def output_logprobs(
+        reqs: list[Req], logits: torch.Tensor, next_ids: torch.Tensor, live: list[bool]
+    ) -> tuple[list[int], tuple]:
+        """Queue the output logprobs of the rows that asked for them: (rows, device tensors)."""
+        rows = [i for i, (r, alive) in enumerate(zip(reqs, live)) if alive and r.return_logprob]
         if not rows:
-            return
-        index = torch.tensor(rows, dtype=torch.int64, device=logits.device)
+            return [], (None, None, None)
+        index = to_device(rows, torch.int64, logits.device)
         top_n = max(reqs[i].top_logprobs_num for i in rows)
-        chosen, tops = token_logprobs(logits[index], next_ids[index], top_n)
-        for k, i in enumerate(rows):
-            req = reqs[i]
-            req.output_token_logprobs.append((chosen[k], int(next_ids[i]), None))
-            if req.top_logprobs_num:
-                req.output_top_logprobs.append([(lp, t, None) for lp, t in tops[k][: req.top_logprobs_num]])
+        return rows, token_logprob_tensors(logits[index], next_ids[index], top_n)
