@@ -48,6 +48,12 @@ class EngineConfig:
     cuda_graph_max_bs: int = _opt(256, "Largest decode batch captured in a CUDA graph.")
     # --- constrained decoding
     disable_jump_forward: bool = _opt(False, "Decode forced grammar text token by token.")
+    jump_forward_max_batch: Optional[int] = _opt(
+        None,
+        "Jump forward only while at most this many requests decode: a jump costs an extend step that the "
+        "others wait for. Default: 1 when decode runs in CUDA graphs (an eager extend costs several "
+        "graph steps), unlimited otherwise.",
+    )
     grammar_compile_timeout: float = _opt(10.0, "Seconds a regex/schema may take to compile.")
     json_whitespace_pattern: Optional[str] = _opt(None, "Regex for whitespace in JSON output (default: compact).")
     # --- limits for untrusted input
@@ -66,6 +72,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.chunked_prefill_size == 0 or self.chunked_prefill_size < -1:
             raise ValueError(f"chunked_prefill_size must be -1 (off) or >= 1, got {self.chunked_prefill_size}")
+        if self.jump_forward_max_batch is not None and self.jump_forward_max_batch < 1:
+            raise ValueError(f"jump_forward_max_batch must be >= 1, got {self.jump_forward_max_batch}")
         if self.max_total_tokens is not None and self.max_total_tokens < 2:
             raise ValueError(f"max_total_tokens must be >= 2, got {self.max_total_tokens}")
         if self.page_size != 1:

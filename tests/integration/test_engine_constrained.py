@@ -86,3 +86,18 @@ def test_invalid_spec_is_a_clear_error_and_the_engine_keeps_serving(engine, cons
         engine.generate(prompt="x", sampling_params={"max_new_tokens": 4, **constraint})
     assert any(w in str(info.value) for w in words), str(info.value)
     assert engine.generate(prompt="ok", sampling_params={"max_new_tokens": 2})["meta_info"]["completion_tokens"] >= 1
+
+
+def test_jump_forward_waits_until_few_requests_decode(tiny_model_dir):
+    """With jump_forward_max_batch=1 a request jumps only while it decodes alone (a jump's extend
+    step would stall the others); the output is valid either way."""
+    schema = json.dumps(SCHEMA)
+    with checked_engine(model_path=tiny_model_dir("llama"), dtype="float32", jump_forward_max_batch=1) as eng:
+        alone = eng.generate(prompt="Record:", sampling_params=_sampled(0, json_schema=schema))
+        assert alone["meta_info"]["jump_forward_tokens"] > 0
+        together = eng.generate(prompt=["Record:"] * len(SEEDS),
+                                sampling_params=[_sampled(s, json_schema=schema) for s in SEEDS])
+    for out in together:
+        jsonschema.validate(json.loads(out["text"]), SCHEMA)
+    # the forced opening '{"name":"' comes while all six decode: nobody jumps over it
+    assert min(o["meta_info"]["jump_forward_tokens"] for o in together) == 0

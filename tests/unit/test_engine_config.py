@@ -1,0 +1,31 @@
+"""EngineConfig refuses values it cannot honour, naming the field and the limit."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.config import EngineConfig
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"jump_forward_max_batch": 0}, ["jump_forward_max_batch", ">= 1"]),
+    ({"mem_fraction_static": 1.5}, ["mem_fraction_static", "(0, 1)"]),
+    ({"max_running_requests": 0}, ["max_running_requests", ">= 1"]),
+    ({"chunked_prefill_size": 0}, ["chunked_prefill_size", "-1"]),
+    ({"page_size": 16}, ["page_size", "1"]),
+    ({"attention_backend": "cudnn"}, ["attention_backend", "triton"]),
+])
+def test_bad_value_is_refused_with_the_field_and_limit(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        EngineConfig(**kwargs)
+    assert all(w in str(err.value) for w in words)
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(ValueError, match="overlap_schedule"):
+        EngineConfig.from_kwargs(overlap_schedule=True)
+
+
+def test_overlap_is_on_and_jump_forward_limit_automatic_by_default():
+    config = EngineConfig()
+    assert config.disable_overlap_schedule is False and config.jump_forward_max_batch is None
