@@ -1,0 +1,94 @@
+"""Skinny matmul for decode: y[M, N] = x[M, K] @ W[N, K]^T with M <= 16, as one Triton kernel.
+
+At batch 1 a decode step is a chain of matrix-vector products, bound by how fast W streams from
+memory. cuBLAS picks split-K kernels plus a separate reduction for some of the Llama shapes, which
+measured 79-89% of copy bandwidth on an H200 (benchmarks/RESULTS.md). Here each program owns
+BLOCK_N output columns and streams their rows of W once over all of K: no split, no reduction pass.
+
+The down projection can also take the MLP's [M, 2K] gate|up activations and apply silu(gate) * up
+while loading them (`silu_mul_input=True`), which removes the elementwise kernel in between. The
+product is rounded to W's dtype first, as the unfused path does.
+
+Layout of one program (BLOCK_M = 16 rows of x, masked past M; tensor-core dot per K tile):
+
+    x tile [16, BLOCK_K]  ·  W tile^T [BLOCK_K, BLOCK_N]  →  acc [16, BLOCK_N] (float32)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_M = 16
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    block_n: int = 16
+    block_k: int = 512
+    num_warps: int = 4
+    num_stages: int = 4
+
+
+@triton.jit
+def _skinny_matmul_kernel(
+    x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym, up_offset,
+    SILU_MUL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + offs_k
+        mask_k = k < K
+        if EVEN_K:
+            w = tl.load(w_ptr + offs_n[:, None] * stride_wn + k[None, :], mask=mask_n[:, None], other=0.0)
+        else:
+            w = tl.load(w_ptr + offs_n[:, None] * stride_wn + k[None, :],
+                        mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        x_off = offs_m[:, None] * stride_xm + k[None, :]
+        x_mask = mask_m[:, None] & mask_k[None, :]
+        x = tl.load(x_ptr + x_off, mask=x_mask, other=0.0)
+        if SILU_MUL:
+            gate = x.to(tl.float32)
+            up = tl.load(x_ptr + up_offset + x_off, mask=x_mask, other=0.0).to(tl.float32)
+            # silu in float32, rounded to the activation dtype like the unfused kernel's output
+            x = (gate / (1.0 + tl.exp(-gate)) * up).to(w.dtype)
+        acc += tl.dot(x.to(w.dtype), tl.trans(w))
+    y_off = offs_m[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def skinny_matmul(
+    x: torch.Tensor, weight: torch.Tensor, silu_mul_input: bool = False, config: GemvConfig = GemvConfig()
+) -> torch.Tensor:
+    """x [M, K] (or [M, 2K] gate|up with silu_mul_input), weight [N, K] → [M, N] in weight's dtype.
+
+    M must be <= MAX_M; x's and weight's last dimensions must be contiguous."""
+    m = x.shape[0]
+    n, k = weight.shape
+    if m > MAX_M:
+        raise ValueError(f"skinny_matmul handles at most {MAX_M} rows, got {m}")
+    want_k = 2 * k if silu_mul_input else k
+    if x.shape[1] != want_k:
+        raise ValueError(f"x has {x.shape[1]} columns, expected {want_k} for a weight of shape {tuple(weight.shape)}")
+    if x.stride(1) != 1 or weight.stride(1) != 1:
+        raise ValueError("skinny_matmul needs contiguous rows")
+    y = torch.empty(m, n, dtype=weight.dtype, device=x.device)
+    if m == 0:
+        return y
+    grid = (triton.cdiv(n, config.block_n),)
+    _skinny_matmul_kernel[grid](
+        x, weight, y, m, n, k, x.stride(0), weight.stride(0), y.stride(0), k,
+        SILU_MUL=silu_mul_input, BLOCK_M=MAX_M, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        EVEN_K=k % config.block_k == 0, num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return y
