@@ -5,9 +5,12 @@ memory. cuBLAS picks split-K kernels plus a separate reduction for some of the L
 measured 79-89% of copy bandwidth on an H200 (benchmarks/RESULTS.md). Here each program owns
 BLOCK_N output columns and streams their rows of W once over all of K: no split, no reduction pass.
 
-The down projection can also take the MLP's [M, 2K] gate|up activations and apply silu(gate) * up
-while loading them (`silu_mul_input=True`), which removes the elementwise kernel in between. The
-product is rounded to W's dtype first, as the unfused path does.
+Whether it beats cuBLAS depends on the shape, so `choose_skinny_kernels` times both for each
+projection of the loaded model at start-up and routes a Linear here only where it measured faster
+(on the H200: the 4096x4096 o_proj 7.7 µs vs 10.3 µs; qkv and gate_up stay on cuBLAS).
+
+`silu_mul_input=True` applies silu(gate) * up to [M, 2K] gate|up activations while loading them. It
+is correct but measured 5x slower than silu_and_mul + cuBLAS on the H200, so nothing uses it yet.
 
 Layout of one program (BLOCK_M = 16 rows of x, masked past M; tensor-core dot per K tile):
 
@@ -92,3 +95,62 @@ def skinny_matmul(
         EVEN_K=k % config.block_k == 0, num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return y
+
+
+# what start-up tries; the best measured in benchmarks/bench_gemv.py on an H200 for every shape
+START_UP_CONFIG = GemvConfig(block_n=32, block_k=256, num_warps=4, num_stages=3)
+MIN_SPEEDUP = 1.03  # below this the measurement is noise: keep cuBLAS
+
+
+def graph_time_us(fn, reps: int = 10, iters: int = 10) -> float:
+    """Median time of fn captured reps times in one CUDA graph (launch cost excluded)."""
+    import statistics
+
+    for _ in range(2):
+        fn()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / reps)
+    return statistics.median(times)
+
+
+def time_projection(kind: str, weight: torch.Tensor, m: int) -> float:
+    """µs of one [m, K] x weight^T product by "cublas" or "skinny" (our kernel), in a CUDA graph."""
+    import torch.nn.functional as F
+
+    x = torch.randn(m, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    if kind == "cublas":
+        return graph_time_us(lambda: F.linear(x, weight))
+    return graph_time_us(lambda: skinny_matmul(x, weight, config=START_UP_CONFIG))
+
+
+def _half_on_cuda(weight: torch.Tensor) -> bool:
+    # tl.dot would round float32 to tf32: float32 models stay on cuBLAS
+    return weight.is_cuda and weight.dtype in (torch.float16, torch.bfloat16) and weight.stride(1) == 1
+
+
+def choose_skinny_kernels(model: torch.nn.Module, timer=time_projection, eligible=_half_on_cuda) -> dict:
+    """Time cuBLAS and skinny_matmul on each distinct Linear weight shape at M = 1 and M = MAX_M and
+    set `skinny_max_m` on every Linear of that shape: MAX_M where Triton won at both, 1 where it won
+    only at M = 1, 0 (cuBLAS) otherwise. Returns {(N, K): skinny_max_m}."""
+    from runtime.model.layers import Linear
+
+    chosen: dict[tuple[int, int], int] = {}
+    for layer in model.modules():
+        if not isinstance(layer, Linear) or not eligible(layer.weight):
+            continue
+        key = tuple(layer.weight.shape)
+        if key not in chosen:
+            wins = [timer("cublas", layer.weight, m) >= MIN_SPEEDUP * timer("skinny", layer.weight, m) for m in (1, MAX_M)]
+            chosen[key] = MAX_M if all(wins) else (1 if wins[0] else 0)
+        layer.skinny_max_m = chosen[key]
+    return chosen

@@ -101,7 +101,10 @@ class RMSNorm(nn.Module):
 
 
 class Linear(nn.Module):
-    """y = x @ weight.T (+ bias); weight [output_size, input_size], HF's layout."""
+    """y = x @ weight.T (+ bias); weight [output_size, input_size], HF's layout.
+
+    Inputs of at most `skinny_max_m` rows (decode) go to our Triton skinny matmul instead of cuBLAS;
+    it is 0 (off) unless the start-up measurement found Triton faster for this shape (gemv.py)."""
 
     def __init__(self, input_size: int, output_size: int, bias: bool = False):
         super().__init__()
@@ -109,8 +112,14 @@ class Linear(nn.Module):
         self.output_size = output_size
         self.weight = nn.Parameter(torch.empty(output_size, input_size))
         self.bias = nn.Parameter(torch.empty(output_size)) if bias else None
+        self.skinny_max_m = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if 0 < x.shape[0] <= self.skinny_max_m and x.dim() == 2 and x.stride(1) == 1:
+            from runtime.model.gemv import skinny_matmul
+
+            y = skinny_matmul(x, self.weight)
+            return y if self.bias is None else y + self.bias
         return F.linear(x, self.weight, self.bias)
 
 
