@@ -11,6 +11,7 @@ Sections (each independent; a failure is recorded and the script goes on):
   prefix     256 requests, shared 2,000-token prefix + 64 unique, 32 out: radix cache on vs off
   json       JSON-schema-constrained decoding at batch 64 vs unconstrained
   memory     KV capacity, and whether decode allocates new device memory per step
+  flashinfer the FlashInfer backend end to end on the 8B shape: agreement with Triton, decode, offline
   hf         HF transformers baselines on the same shape (generate b=1; generate_batch)
 Prints a compact table last; writes results.json and log lines to --out.
 """
@@ -148,16 +149,25 @@ def logits(path):
                           return_logprob=True, logprob_start_len=0)
     with torch.no_grad():
         ref = hf(torch.tensor([ids], device="cuda")).logits[0].float()
-    ref_lp = torch.log_softmax(ref, -1)
+    rows, targets = torch.arange(len(ids) - 1), torch.tensor(ids[1:])
     ours = torch.tensor([lp for lp, _, _ in out["meta_info"]["input_token_logprobs"][1:]])
-    theirs = ref_lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].cpu()
+    theirs = torch.log_softmax(ref, -1)[rows, targets].cpu()
     first = int(ref[-1].argmax())
     engine.shutdown()
-    del engine, hf
+    del engine, ref
     free_memory()
+    hf = hf.float()  # the same weights in float32: how far is bf16 itself (HF's or ours) from exact?
+    with torch.no_grad():
+        exact = torch.log_softmax(hf(torch.tensor([ids], device="cuda")).logits[0].float(), -1)[rows, targets].cpu()
+    del hf
+    free_memory()
+
+    def rel(a, b):
+        return round(float((a - b).norm() / b.norm()), 5)
+
     return dict(prompt_logprob_max_abs_err=round(float((ours - theirs).abs().max()), 4),
-                prompt_logprob_rel_err=round(float((ours - theirs).norm() / theirs.norm()), 5),
-                first_token_equal=out["output_ids"][0] == first)
+                prompt_logprob_rel_err_vs_hf_bf16=rel(ours, theirs), ours_bf16_rel_err_vs_fp32=rel(ours, exact),
+                hf_bf16_rel_err_vs_fp32=rel(theirs, exact), first_token_equal=out["output_ids"][0] == first)
 
 
 def decode_b1(engine, copy_tb_s):
@@ -165,14 +175,17 @@ def decode_b1(engine, copy_tb_s):
     params = {"max_new_tokens": 256, "temperature": 0, "ignore_eos": True}
     rates = {}
     graphs = engine.runner.cuda_graph
-    for label, graph in (("cuda_graph", graphs), ("eager", None)):
+    variants = (("cuda_graph", graphs, True), ("cuda_graph_no_overlap", graphs, False), ("eager", None, True))
+    for label, graph, overlap in variants:
         engine.runner.cuda_graph = graph
+        engine.scheduler.overlap = overlap  # read once per step; the engine is idle here
         engine.generate(input_ids=ids, sampling_params={**params, "max_new_tokens": 8})
         out = engine.generate(input_ids=ids, sampling_params=params)
         meta = out["meta_info"]
         rates[label] = (len(out["output_ids"]) - 1) / (meta["e2e_latency"] - meta["ttft"])
         engine.flush_cache()
     engine.runner.cuda_graph = graphs
+    engine.scheduler.overlap = True
     if graphs is not None:  # the GPU time of one step alone: what the host adds is the difference
         graph = graphs.graphs[1]
         torch.cuda.synchronize()
@@ -189,6 +202,33 @@ def decode_b1(engine, copy_tb_s):
     ideal_s = (weight_bytes + kv_bytes) / (copy_tb_s * 1e12)
     return {f"{k}_tok_s": round(v, 1) for k, v in rates.items()} | {
         "roofline_fraction": round(rates["cuda_graph"] * ideal_s, 3), "weight_gb": round(weight_bytes / 1e9, 2)}
+
+
+def flashinfer_e2e(path, copy_tb_s):
+    """The FlashInfer backend on the 8B shape (head_dim 128): same dummy weights as the Triton engine,
+    so prompt logprobs agree to bf16 noise; batch-1 decode and a 300-request offline run."""
+    from runtime import Engine
+
+    ids = torch.randint(100, 120000, (512,), generator=torch.Generator().manual_seed(3)).tolist()
+    probe = dict(input_ids=ids, sampling_params={"max_new_tokens": 16, "temperature": 0, "ignore_eos": True},
+                 return_logprob=True, logprob_start_len=0)
+    res, logprobs = {}, {}
+    for backend in ("triton", "flashinfer"):
+        engine = Engine(model_path=path, load_format="dummy", attention_backend=backend)
+        out = engine.generate(**probe)
+        logprobs[backend] = torch.tensor([lp for lp, _, _ in out["meta_info"]["input_token_logprobs"][1:]])
+        res[f"{backend}_first_16_tokens"] = out["output_ids"]
+        if backend == "flashinfer":
+            res["decode_b1_1k"] = decode_b1(engine, copy_tb_s)
+            res["offline_300"] = offline(engine, 300)
+        engine.check_integrity()
+        engine.shutdown()
+        del engine
+        free_memory()
+    a, b = logprobs["flashinfer"], logprobs["triton"]
+    res["prompt_logprob_rel_err_vs_triton"] = round(float((a - b).norm() / b.norm()), 5)
+    res["greedy_tokens_equal_triton"] = res["triton_first_16_tokens"] == res["flashinfer_first_16_tokens"]
+    return res
 
 
 def workload(n, seed=0):
@@ -209,8 +249,25 @@ def offline(engine, n):
     seconds = time.perf_counter() - start
     tokens = sum(len(o["output_ids"]) for o in outs)
     RESULTS["_segments_during_offline"] = torch.cuda.memory_stats()["segment.all.allocated"] - seg0
-    return dict(requests=n, output_tokens=tokens, seconds=round(seconds, 1), output_tok_s=round(tokens / seconds, 1),
-                retractions=engine.get_stats()["num_retractions"])
+    result = dict(requests=n, output_tokens=tokens, seconds=round(seconds, 1), output_tok_s=round(tokens / seconds, 1),
+                  retractions=engine.get_stats()["num_retractions"])
+    # steady state: the same kind of work again must not grow device memory (no cudaMalloc per step)
+    sub = reqs[: max(n // 5, 8)]
+    for overlap in (False, True):
+        engine.scheduler.overlap = overlap
+        engine.flush_cache()
+        stats0 = torch.cuda.memory_stats()
+        start = time.perf_counter()
+        outs = engine.generate(input_ids=[r[0] for r in sub],
+                               sampling_params=[{"max_new_tokens": m, "temperature": 0, "ignore_eos": True} for _, m in sub])
+        rate = sum(len(o["output_ids"]) for o in outs) / (time.perf_counter() - start)
+        stats1 = torch.cuda.memory_stats()
+        key = "overlap_on" if overlap else "overlap_off"
+        result[f"subset_{len(sub)}_{key}_tok_s"] = round(rate, 1)
+        RESULTS[f"_steady_{key}"] = dict(
+            new_segments=stats1["segment.all.allocated"] - stats0["segment.all.allocated"],
+            reserved_growth_mib=round((stats1["reserved_bytes.all.current"] - stats0["reserved_bytes.all.current"]) / 2**20, 1))
+    return result
 
 
 def shared_prefix(engine, n=256):
@@ -234,6 +291,7 @@ def json_constrained(engine, n=64):
     prompts = [[rng.randint(100, 120000) for _ in range(128)] for _ in range(n)]
     free = {"max_new_tokens": 48, "temperature": 0, "ignore_eos": True}
     res = {}
+    engine.generate(input_ids=prompts, sampling_params=free)  # warm: first-use costs out of the timing
     for label, params in (("unconstrained", free), ("json_schema", {**free, "json_schema": json.dumps(schema), "ignore_eos": False})):
         engine.generate(input_ids=prompts[:2], sampling_params=params)
         start = time.perf_counter()
@@ -250,6 +308,7 @@ def json_constrained(engine, n=64):
                     pass
             res["valid_json"] = f"{valid}/{n}"
     res["ratio"] = round(res["json_schema"]["tok_s"] / res["unconstrained"]["tok_s"], 3)
+    res["jump_forward_tokens"] = sum(o["meta_info"]["jump_forward_tokens"] for o in outs)
     return res
 
 
@@ -305,12 +364,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
-    parser.add_argument("--sections", default="env,small,logits,decode,offline,prefix,json,memory,hf")
+    parser.add_argument("--sections", default="env,small,logits,decode,offline,prefix,json,memory,flashinfer,hf")
+    parser.add_argument("--hf-requests", type=int, default=256, help="requests given to HF generate_batch")
     args = parser.parse_args()
     wanted = set(args.sections.split(","))
     workdir = tempfile.mkdtemp()
     path = model_dir(workdir)
-    n_offline, n_prefix, n_hf = (100, 32, 8) if args.quick else (1000, 256, 16)
+    n_offline, n_prefix, n_hf = (100, 32, 8) if args.quick else (1000, 256, args.hf_requests)
     if "env" in wanted:
         section("env", env)
     copy_tb_s = RESULTS.get("env", {}).get("copy_tb_s", 3.0) if isinstance(RESULTS.get("env"), dict) else 3.0
@@ -333,7 +393,10 @@ def main() -> None:
             section("json_b64", json_constrained, engine)
         if "memory" in wanted:
             section("memory", lambda: dict(kv_capacity_tokens=engine.max_total_tokens,
-                                            new_segments_during_offline=RESULTS.get("_segments_during_offline"),
+                                            new_segments_first_offline_run=RESULTS.get("_segments_during_offline"),
+                                            steady_state_overlap_on=RESULTS.get("_steady_overlap_on"),
+                                            steady_state_overlap_off=RESULTS.get("_steady_overlap_off"),
+                                            skinny_matmul=str(engine.runner.skinny_kernels),
                                             allocated_gib=round(torch.cuda.memory_allocated() / 2**30, 1)))
         engine.check_integrity()
         engine.shutdown()
@@ -348,6 +411,8 @@ def main() -> None:
             on, off_ = RESULTS.get("prefix_radix_on"), RESULTS.get("prefix_radix_off")
             if isinstance(on, dict) and isinstance(off_, dict):
                 RESULTS["prefix_speedup"] = round(off_["seconds"] / on["seconds"], 2)
+    if "flashinfer" in wanted:
+        section("flashinfer", flashinfer_e2e, path, copy_tb_s)
     if "logits" in wanted:
         section("logits", logits, path)
     if "hf" in wanted:
