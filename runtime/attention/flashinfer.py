@@ -17,6 +17,12 @@ from runtime.forward_batch import ForwardBatch
 _WORKSPACE_BYTES = 256 * 2**20
 
 
+def _host_indptr(lengths: torch.Tensor) -> torch.Tensor:
+    indptr = torch.zeros(lengths.shape[0] + 1, dtype=torch.int32)
+    torch.cumsum(lengths.to(torch.int32), 0, out=indptr[1:])
+    return indptr
+
+
 @register_attention_backend("flashinfer")
 class FlashInferAttention(BaseAttentionBackend):
     def __init__(self, device: torch.device | str = "cuda", **_unused):
@@ -31,14 +37,13 @@ class FlashInferAttention(BaseAttentionBackend):
         self._planned = False
 
     def prepare(self, batch: ForwardBatch) -> None:
-        device = batch.req_to_token.device
         total = int(batch.seq_lens_cpu.sum())
-        kv_indptr, kv_indices = gather_kv_indices(batch.req_to_token, batch.req_pool_indices, batch.seq_lens, total)
-        last_page_len = torch.ones(batch.batch_size, dtype=torch.int32, device=device)
-        qo_indptr = None
-        if not batch.is_decode:
-            qo_indptr = torch.zeros(batch.batch_size + 1, dtype=torch.int32, device=device)
-            torch.cumsum(batch.extend_seq_lens.to(torch.int32), 0, out=qo_indptr[1:])
+        _, kv_indices = gather_kv_indices(batch.req_to_token, batch.req_pool_indices, batch.seq_lens, total)
+        # NOTE: plan() reads the indptr arrays on the host. Built from host lengths they need no
+        # device→host copy, which would wait for the step in flight and undo overlap scheduling.
+        kv_indptr = _host_indptr(batch.seq_lens_cpu)
+        last_page_len = torch.ones(batch.batch_size, dtype=torch.int32)
+        qo_indptr = None if batch.is_decode else _host_indptr(batch.extend_seq_lens_cpu)
         self._step = (qo_indptr, kv_indptr, kv_indices, last_page_len, batch.is_decode)
         self._planned = False  # planning needs head counts and dtypes: done at the first layer
 
