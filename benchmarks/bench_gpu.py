@@ -312,7 +312,7 @@ def json_constrained(engine, n=64):
     return res
 
 
-def hf_baselines(path, n_batch):
+def hf_baselines(path, n_batch, impls=("sdpa", "paged|sdpa")):
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     with torch.device("cuda"):
@@ -326,11 +326,12 @@ def hf_baselines(path, n_batch):
         model.generate(ids, max_new_tokens=64, min_new_tokens=64, do_sample=False, pad_token_id=0)
         torch.cuda.synchronize()
         out["generate_b1_1k_tok_s"] = round(64 / (time.perf_counter() - t), 1)
+        print(f"  hf generate b1: {out['generate_b1_1k_tok_s']} tok/s", flush=True)
     reqs = workload(n_batch)
     budget = max(m for _, m in reqs)
     gen = GenerationConfig(max_new_tokens=budget, do_sample=False, eos_token_id=-1, pad_token_id=0,
                            num_blocks=8192, block_size=128, max_batch_tokens=8192)
-    for impl in ("sdpa", "paged|sdpa"):
+    for impl in impls:
         try:
             model.set_attn_implementation(impl)
             with torch.no_grad():
@@ -340,6 +341,7 @@ def hf_baselines(path, n_batch):
             seconds = time.perf_counter() - t
             tokens = sum(len(v.generated_tokens) for v in res.values())
             out[f"generate_batch[{impl}]_tok_s"] = round(tokens / seconds, 1)
+            print(f"  hf generate_batch[{impl}] {n_batch} requests: {tokens} tokens in {seconds:.1f}s", flush=True)
         except Exception as exc:
             out[f"generate_batch[{impl}]"] = f"error: {exc}"[:200]
     del model
@@ -366,6 +368,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     parser.add_argument("--sections", default="env,small,logits,decode,offline,prefix,json,memory,flashinfer,hf")
     parser.add_argument("--hf-requests", type=int, default=256, help="requests given to HF generate_batch")
+    parser.add_argument("--hf-impls", default="sdpa,paged|sdpa", help="attn_implementation values for generate_batch")
     args = parser.parse_args()
     wanted = set(args.sections.split(","))
     workdir = tempfile.mkdtemp()
@@ -416,7 +419,7 @@ def main() -> None:
     if "logits" in wanted:
         section("logits", logits, path)
     if "hf" in wanted:
-        section("hf", hf_baselines, path, n_hf)
+        section("hf", hf_baselines, path, n_hf, tuple(args.hf_impls.split(",")))
         hf, ours = RESULTS.get("hf"), RESULTS.get("offline")
         if isinstance(hf, dict) and isinstance(ours, dict):
             best = max([v for k, v in hf.items() if k.startswith("generate_batch") and isinstance(v, float)] or [0])

@@ -99,7 +99,9 @@ def skinny_matmul(
 
 # what start-up tries; the best measured in benchmarks/bench_gemv.py on an H200 for every shape
 START_UP_CONFIG = GemvConfig(block_n=32, block_k=256, num_warps=4, num_stages=3)
-MIN_SPEEDUP = 1.03  # below this the measurement is noise: keep cuBLAS
+# Below this the win is within run-to-run noise: keep cuBLAS. On the H200 qkv measured 1.08x faster
+# alone but batch-1 decode was not faster end to end (198 vs 206 tok/s across two runs).
+MIN_SPEEDUP = 1.10
 
 
 def graph_time_us(fn, reps: int = 10, iters: int = 10) -> float:
