@@ -40,3 +40,39 @@ def test_gpu_greedy_equals_hf(setup, variant):
     with checked_engine(model_path=path, dtype="float32", device="cuda", **options) as engine:
         outs = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": 16, "temperature": 0, "ignore_eos": True})
         assert [o["output_ids"] for o in outs] == expected
+
+
+@pytest.mark.gpu
+def test_steady_decode_never_waits_for_the_gpu(setup):
+    """Overlap scheduling only overlaps if the host never blocks on the device between steps: torch's
+    sync debug mode raises on any synchronising call made while decode batches run (CUDA graphs,
+    greedy and sampled rows, logprobs). Prefill steps may sync (prompt logprobs), so the check
+    starts once every request decodes."""
+    import threading
+
+    from tests.integration.engine_helpers import checked_engine
+
+    path, prompts, _ = setup
+    with checked_engine(model_path=path, dtype="bfloat16", device="cuda") as engine:
+        sched = engine.scheduler
+        errors, armed = [], threading.Event()
+        launch_decode = sched._launch_decode
+
+        def strict_launch(reqs):
+            if len(reqs) == len(prompts) and not armed.is_set():
+                armed.set()
+                torch.cuda.set_sync_debug_mode("error")  # the mode is per process; the scheduler thread owns the work
+            return launch_decode(reqs)
+
+        sched._launch_decode = strict_launch
+        params = [{"max_new_tokens": 24, "temperature": 0, "ignore_eos": True},
+                  {"max_new_tokens": 24, "temperature": 0.8, "top_p": 0.9, "seed": 1, "ignore_eos": True}]
+        try:
+            outs = engine.generate(input_ids=prompts, sampling_params=[params[i % 2] for i in range(len(prompts))],
+                                   return_logprob=True)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            sched._launch_decode = launch_decode
+        assert armed.is_set()
+        for out in outs:
+            assert out["meta_info"]["finish_reason"]["type"] == "length", out["meta_info"]["finish_reason"]
