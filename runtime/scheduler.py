@@ -21,6 +21,7 @@ from runtime.forward_batch import ForwardMode, build_forward_batch
 from runtime.launched_batch import LaunchedBatch
 from runtime.output_processor import OutputProcessor, abort_reason
 from runtime.request import FinishReason, Req
+from runtime.request_kv import RequestKV
 from runtime.schedule_policy import Admission, PrefillAdder, order_waiting
 from runtime.scheduler_stats import SchedulerStats
 from runtime.step_sampler import StepSampler
@@ -36,6 +37,7 @@ class Scheduler:
         self.req_pool = runner.req_to_token_pool
         self.allocator = runner.allocator
         self.cache = create_prefix_cache(self.allocator, config.disable_radix_cache)
+        self.kv = RequestKV(self.req_pool, self.allocator, self.cache)
         self.output = OutputProcessor(tokenizer)
         self.sampler = StepSampler(runner, tokenizer, config)
         # jump-forward re-runs forced tokens as an extend and relies on the radix cache to keep the rest
@@ -179,7 +181,7 @@ class Scheduler:
             req = a.req
             if req.req_pool_idx is None:
                 self._place(req, a.prefix_slots)
-            slots = self._allocate_slots(a.extend_len)
+            slots = self.kv.allocate(a.extend_len)
             self.req_pool.write(req.req_pool_idx, req.kv_len, slots)
             input_ids.extend(req.fill_ids[req.kv_len : req.kv_len + a.extend_len])
             positions.extend(range(req.kv_len, req.kv_len + a.extend_len))
@@ -198,7 +200,7 @@ class Scheduler:
         self.chunked = next((a.req for a in admissions if not a.is_last_chunk), None)
         if not self.config.disable_radix_cache:
             for a in admissions:
-                self._cache_prefill(a.req)
+                self.kv.cache_prefill(a.req)
         if not finishing:
             return None
         reqs, logits = finishing
@@ -214,25 +216,8 @@ class Scheduler:
         self.running.extend(reqs)  # they decode from the next step on, reading the token on the device
         return LaunchedBatch(reqs, logits)
 
-    def _cache_prefill(self, req: Req) -> None:
-        """Hand the KV just computed to the prefix cache at once (not only when the request ends),
-        so requests admitted after it, and its own later chunks, reuse it. The request keeps it
-        locked; where another request cached the same positions first, ours are duplicates."""
-        row, kv_len = req.req_pool_idx, req.kv_len
-        slots = self.req_pool.read(row, kv_len)
-        inserted = self.cache.insert(req.fill_ids[:kv_len], slots)
-        if inserted.num_cached > req.cached_len:
-            self.allocator.free(slots[req.cached_len : inserted.num_cached])
-            match = self.cache.match_prefix(req.fill_ids[: inserted.num_cached])
-            self.req_pool.write(row, 0, match.kv_indices)  # point at the cached copies instead
-        self.cache.lock(inserted.handle)
-        self.cache.unlock(req.cache_handle)
-        req.cache_handle, req.cached_len = inserted.handle, kv_len
-
     def _place(self, req: Req, prefix_slots: torch.Tensor) -> None:
-        req.req_pool_idx = self.req_pool.allocate()
-        self.req_pool.write(req.req_pool_idx, 0, prefix_slots)
-        req.cached_len = req.kv_len = len(prefix_slots)
+        self.kv.place(req, prefix_slots)
         if not req.admitted_before:  # report the hit of the first admission, not of re-admissions
             req.admitted_before = True
             req.cached_tokens = req.cached_len
@@ -250,7 +235,7 @@ class Scheduler:
         ]
 
     def _launch_decode(self, reqs: list[Req]) -> LaunchedBatch:
-        slots = self._allocate_slots(len(reqs))
+        slots = self.kv.allocate(len(reqs))
         input_ids = self._decode_input_ids(reqs)
         positions = [r.kv_len for r in reqs]
         rows = [r.req_pool_idx for r in reqs]
@@ -285,11 +270,11 @@ class Scheduler:
         """Evict cached prefixes, then retract requests, until each of `reqs` has a slot; returns
         the requests that stay."""
         reqs = list(reqs)
-        while not self._ensure_free(len(reqs)):
+        while not self.kv.ensure_free(len(reqs)):
             if self.chunked is not None:
                 # a half-prefilled prompt yields first: it has produced nothing yet
                 req, self.chunked = self.chunked, None
-                self._release(req)
+                self.kv.release(req)
                 req.input_token_logprobs.clear()  # its prompt logprobs are recomputed from the start
                 req.input_top_logprobs.clear()
                 req.num_retractions += 1
@@ -304,16 +289,11 @@ class Scheduler:
                 break
         return reqs
 
-    def _ensure_free(self, n: int) -> bool:
-        if self.allocator.num_free < n:
-            self.cache.evict(n - self.allocator.num_free)
-        return self.allocator.num_free >= n
-
     def _retract(self, req: Req) -> None:
         """Back to waiting, KV released. A token it has in flight still arrives and is kept: the
         request re-prefills everything it has when it is admitted again."""
         self.running.remove(req)
-        self._release(req)
+        self.kv.release(req)
         req.num_retractions += 1
         self.stats.num_retractions += 1
         self.waiting.insert(0, req)
@@ -373,13 +353,8 @@ class Scheduler:
                 del req.output_top_logprobs[keep:]
                 req.output_top_logprobs.extend(None for _ in jump.new_token_ids)
         self.output.restart_decoding(req, keep)
-        if req.req_pool_idx is not None:
-            # KV of rewritten positions is stale: drop it (own slots only; cached ones stay with the cache)
-            valid = min(req.kv_len, len(req.origin_input_ids) + keep)
-            own_start = max(valid, req.cached_len)
-            if req.kv_len > own_start:
-                self.allocator.free(self.req_pool.read(req.req_pool_idx, req.kv_len, start=own_start))
-            req.kv_len = valid
+        if req.req_pool_idx is not None:  # KV of rewritten positions is stale
+            self.kv.truncate(req, len(req.origin_input_ids) + keep)
         reason = self.output.finish_after_jump(req)
         if reason is not None:
             self._remove_everywhere(req)
@@ -387,34 +362,16 @@ class Scheduler:
             return True
         if req in self.running:
             self.running.remove(req)
-            self._release(req)
+            self.kv.release(req)
             self.waiting.insert(0, req)
         self.output.emit(req, req.stream)
         return True
 
     def _finish(self, req: Req, reason: FinishReason) -> None:
         req.finished_reason = reason
-        self._release(req)
+        self.kv.release(req)
         self.stats.on_finish(req)
         self.output.emit(req, req.stream)
-
-    def _release(self, req: Req) -> None:
-        """Give a request's KV to the prefix cache (what it computed) and its row back."""
-        if req.req_pool_idx is None:
-            return
-        tokens = req.fill_ids[: req.kv_len]
-        slots = self.req_pool.read(req.req_pool_idx, req.kv_len)
-        if len(tokens) < req.kv_len:  # a failed step left positions whose token never reached the host
-            self.allocator.free(slots[len(tokens) :])
-            slots = slots[: len(tokens)]
-        inserted = self.cache.insert(tokens, slots)
-        if inserted.num_cached > req.cached_len:
-            # positions another request cached meanwhile: our copies are duplicates
-            self.allocator.free(slots[req.cached_len : inserted.num_cached])
-        self.cache.unlock(req.cache_handle)
-        self.req_pool.free(req.req_pool_idx)
-        req.req_pool_idx, req.cache_handle = None, None
-        req.cached_len = req.kv_len = 0
 
     def _abort(self, rid: str, message: str) -> None:
         for req in [*self.waiting, *self.running, *([self.chunked] if self.chunked else [])]:
@@ -436,10 +393,6 @@ class Scheduler:
         self.inflight = None  # its requests are finished; what it still writes lands in freed slots
 
     # ------------------------------------------------------------------ helpers
-    def _allocate_slots(self, n: int) -> torch.Tensor:
-        self._ensure_free(n)
-        return self.allocator.allocate(n)
-
     def _idle_check(self) -> None:
         """Idle: the pool must be whole. A failure is logged loudly but must not stop serving."""
         try:
@@ -449,11 +402,4 @@ class Scheduler:
 
     def check_integrity(self) -> None:
         """When idle: every KV slot is free or cached, nothing is locked, every row is free."""
-        self.cache.check_integrity()
-        self.allocator.check_integrity()
-        self.req_pool.check_integrity()
-        if not self.has_work():
-            assert self.cache.protected_size == 0, f"{self.cache.protected_size} cached tokens still locked"
-            total = self.allocator.num_free + self.cache.total_size
-            assert total == self.allocator.size, f"KV pool leak: free {self.allocator.num_free} + cached {self.cache.total_size} != {self.allocator.size}"
-            assert self.req_pool.num_free + self.req_pool.num_reserved == self.req_pool.size, "a request row leaked"
+        self.kv.check_integrity(idle=not self.has_work())
