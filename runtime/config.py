@@ -39,7 +39,9 @@ class EngineConfig:
     disable_radix_cache: bool = _opt(False, "Turn the prefix cache off (A/B runs).")
     new_token_ratio: float = _opt(0.4, "Share of max_new_tokens reserved per running request when admitting.")
     disable_overlap_schedule: bool = _opt(
-        False, "Prepare each step only after the previous one's tokens reach the host (no CPU/GPU overlap)."
+        False,
+        "Prepare each step only after the previous one's tokens reach the host (no CPU/GPU overlap). "
+        "Overlap applies on CUDA devices only: on the CPU every op is synchronous.",
     )
     random_seed: int = _opt(0, "Seed for sampling without a per-request seed and for dummy weights.")
     # --- kernels

@@ -51,7 +51,9 @@ class Scheduler:
         self.waiting: list[Req] = []
         self.running: list[Req] = []
         self.chunked: Optional[Req] = None
-        self.overlap = not config.disable_overlap_schedule
+        # on the CPU every op runs synchronously: there is nothing to overlap, only a step of delay
+        device = getattr(runner, "device", None)
+        self.overlap = not config.disable_overlap_schedule and getattr(device, "type", None) == "cuda"
         self.inflight: Optional[LaunchedBatch] = None  # sampled on the device, not yet processed
         self._launching: list[Req] = []  # the requests of the phase being run (for failures)
         self.inbox: "queue.SimpleQueue[tuple[str, object]]" = queue.SimpleQueue()

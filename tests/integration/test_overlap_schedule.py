@@ -5,6 +5,7 @@ KV pool whole afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -31,8 +32,18 @@ def model_dir(tiny_model_dir):
     return tiny_model_dir("llama")
 
 
+@contextlib.contextmanager
+def engine_with(model_dir, overlap: bool, **kwargs):
+    """An engine scheduling with overlap on or off. The engine turns overlap on only for CUDA
+    devices (on the CPU nothing would overlap); here it is forced, so CI checks the GPU's
+    scheduling path on the CPU."""
+    with checked_engine(model_path=model_dir, dtype="float32", **kwargs) as eng:
+        eng.scheduler.overlap = overlap  # read once per step; nothing has run yet
+        yield eng
+
+
 def _greedy_ids(model_dir, prompts, max_new_tokens):
-    with checked_engine(model_path=model_dir, dtype="float32", disable_overlap_schedule=True) as eng:
+    with engine_with(model_dir, overlap=False) as eng:
         outs = eng.generate(prompt=prompts, sampling_params={"max_new_tokens": max_new_tokens, "temperature": 0})
         return [o["output_ids"] for o in outs]
 
@@ -78,8 +89,7 @@ def test_overlap_gives_exactly_the_results_of_sequential_scheduling(model_dir, e
     prompts, params = _workload(model_dir)
     results = {}
     for overlap in (False, True):
-        with checked_engine(model_path=model_dir, dtype="float32", disable_overlap_schedule=not overlap,
-                            **engine_kwargs) as eng:
+        with engine_with(model_dir, overlap, **engine_kwargs) as eng:
             outs = eng.generate(prompt=prompts, sampling_params=params, return_logprob=True, top_logprobs_num=2)
             results[overlap] = outs
             stats = eng.get_stats()
@@ -114,7 +124,7 @@ def _record_phases(engine):
 
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "sequential"])
 def test_next_step_is_launched_before_the_previous_one_is_processed(model_dir, overlap):
-    with checked_engine(model_path=model_dir, dtype="float32", disable_overlap_schedule=not overlap) as eng:
+    with engine_with(model_dir, overlap) as eng:
         log = _record_phases(eng)
         eng.generate(prompt="The cat", sampling_params={"max_new_tokens": 6, "temperature": 0, "ignore_eos": True})
     kinds = [kind for kind, _ in log]
@@ -129,7 +139,7 @@ def test_next_step_is_launched_before_the_previous_one_is_processed(model_dir, o
 
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "sequential"])
 def test_a_failed_step_aborts_its_requests_and_the_engine_keeps_serving(model_dir, overlap):
-    with checked_engine(model_path=model_dir, dtype="float32", disable_overlap_schedule=not overlap) as eng:
+    with engine_with(model_dir, overlap) as eng:
         runner = eng.runner
         real_decode = runner.decode
         calls = {"n": 0}
@@ -149,3 +159,10 @@ def test_a_failed_step_aborts_its_requests_and_the_engine_keeps_serving(model_di
         eng.check_integrity()
         again = eng.generate(prompt="a b", sampling_params={"max_new_tokens": 8, "temperature": 0, "ignore_eos": True})
         assert again["meta_info"]["finish_reason"]["type"] == "length"
+
+
+def test_overlap_is_on_by_default_only_where_it_can_overlap(model_dir):
+    with checked_engine(model_path=model_dir, dtype="float32") as eng:
+        assert eng.scheduler.overlap is False  # CPU: every op is synchronous
+    with checked_engine(model_path=model_dir, dtype="float32", disable_overlap_schedule=True) as eng:
+        assert eng.scheduler.overlap is False
