@@ -16,7 +16,6 @@ import argparse
 import itertools
 import json
 import os
-import statistics
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,27 +24,9 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from runtime.model.gemv import GemvConfig, skinny_matmul  # noqa: E402
+from runtime.model.gemv import GemvConfig, graph_time_us, skinny_matmul  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
-
-
-def graph_time_us(fn, reps: int = 10, iters: int = 20) -> float:
-    for _ in range(2):
-        fn()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / reps)
-    return statistics.median(times)
 
 
 def copy_tb_s() -> float:
@@ -105,7 +86,6 @@ def main() -> None:
                        speedup=round(cublas_us / best[0], 3), rel_err=f"{best[2]:.1e}", config=str(best[1]))
         rows.append(row)
         print(json.dumps(row), flush=True)
-        del w, x, ws
     print(f"\ncopy bandwidth {copy:.2f} TB/s on {torch.cuda.get_device_name()}")
     print("| shape | M | cuBLAS µs (of copy) | Triton µs (of copy) | speedup | config |\n|---|---|---|---|---|---|")
     for r in rows:

@@ -21,7 +21,7 @@ import torch
 
 from runtime.request import Req
 from runtime.sampler import logprobs_to_lists
-from runtime.transfer import HostCopy
+from runtime.transfer import HostCopy, to_device
 
 
 @dataclass
@@ -30,6 +30,12 @@ class SampledResults:
     logprob_rows: list[int]  # rows with output logprobs, in order
     logprobs: list[float]
     top_logprobs: Optional[list[list[tuple[float, int]]]]
+
+    def record_logprob(self, req: Req, k: int, token_id: int) -> None:
+        """Append the k-th logprob row (and its top alternatives) to req's output logprobs."""
+        req.output_token_logprobs.append((self.logprobs[k], token_id, None))
+        if req.top_logprobs_num:
+            req.output_top_logprobs.append([(lp, t, None) for lp, t in self.top_logprobs[k][: req.top_logprobs_num]])
 
 
 @dataclass
@@ -55,6 +61,18 @@ class LaunchedBatch:
         if row is None or self.next_ids is None or not self.is_live(row):
             return None
         return row
+
+    def next_input_ids(self, reqs: list[Req], host_ids: list[int], device: torch.device) -> "list[int] | torch.Tensor":
+        """Input ids of a decode step launched while this batch is in flight: `host_ids[i]`, or,
+        where this batch sampled a token reqs[i] has not seen yet, that token read on the device."""
+        src = [self.pending_row(r) for r in reqs]
+        if all(row is None for row in src):
+            return host_ids
+        if src == list(range(len(self.reqs))):
+            return self.next_ids  # steady state: the same requests in the same order
+        index = to_device([[0 if row is None else row for row in src], host_ids], torch.int64, device)
+        from_device = to_device([row is not None for row in src], torch.bool, device)
+        return torch.where(from_device, self.next_ids[index[0]], index[1])
 
     def set_sampled(
         self,

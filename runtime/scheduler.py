@@ -252,21 +252,9 @@ class Scheduler:
         return LaunchedBatch(reqs, self.runner.decode(fb))
 
     def _decode_input_ids(self, reqs: list[Req]) -> "list[int] | torch.Tensor":
-        """Each request's newest token: from the host, or, for tokens the batch in flight sampled
-        and the host has not seen yet, gathered on the device from that batch's next_ids."""
+        """Each request's newest token; the batch in flight supplies those the host has not seen."""
         host = [r.output_ids[-1] if r.output_ids else r.origin_input_ids[-1] for r in reqs]
-        inflight = self.inflight
-        if inflight is None:
-            return host
-        src = [inflight.pending_row(r) for r in reqs]
-        if all(row is None for row in src):
-            return host
-        device = self.runner.device
-        if src == list(range(len(inflight.reqs))):
-            return inflight.next_ids  # steady state: the same requests in the same order
-        index = to_device([[0 if row is None else row for row in src], host], torch.int64, device)
-        from_device = to_device([row is not None for row in src], torch.bool, device)
-        return torch.where(from_device, inflight.next_ids[index[0]], index[1])
+        return host if self.inflight is None else self.inflight.next_input_ids(reqs, host, self.runner.device)
 
     def _make_room_for_decode(self, reqs: list[Req]) -> list[Req]:
         """Evict cached prefixes, then retract requests, until each of `reqs` has a slot; returns
@@ -314,7 +302,7 @@ class Scheduler:
             if not batch.is_live(i):  # finished or rewritten while the batch ran
                 continue
             if i in logprob_index:
-                self._record_logprob(req, token_id, results, logprob_index[i])
+                results.record_logprob(req, logprob_index[i], token_id)
             req.output_ids.append(token_id)
             self.output.on_token(req, token_id)
             self.stats.on_token(req)
@@ -329,12 +317,6 @@ class Scheduler:
     def _may_jump(self) -> bool:
         limit = self.jump_forward_max_batch
         return self.jump_forward_enabled and (limit is None or len(self.running) <= limit)
-
-    @staticmethod
-    def _record_logprob(req: Req, token_id: int, results, k: int) -> None:
-        req.output_token_logprobs.append((results.logprobs[k], token_id, None))
-        if req.top_logprobs_num:
-            req.output_top_logprobs.append([(lp, t, None) for lp, t in results.top_logprobs[k][: req.top_logprobs_num]])
 
     def _jump_forward(self, req: Req) -> bool:
         """Append the text the grammar forces next as natural tokens, then send the request back
