@@ -109,7 +109,7 @@ def main() -> None:
         r["tokens_per_s"] = r["output_tokens"] / r["seconds"]
     best_hf = max(v["tokens_per_s"] for k, v in results.items() if k.startswith("hf"))
     ratio = results["engine"]["tokens_per_s"] / best_hf
-    print(f"| side | output tokens | seconds | tokens/s | peak RSS MiB |\n|---|---|---|---|---|")
+    print("| side | output tokens | seconds | tokens/s | peak RSS MiB |\n|---|---|---|---|---|")
     for side, r in results.items():
         print(f"| {side} | {r['output_tokens']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} |")
     print(f"ratio engine / best HF generate: {ratio:.2f}x")

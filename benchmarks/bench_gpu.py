@@ -128,49 +128,6 @@ def small(workdir):
     return out
 
 
-def logits(path):
-    from runtime import Engine
-    from runtime.model.loader import _copy_tensor, checkpoint_targets
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    with torch.device("cuda"):
-        hf = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in LLAMA3_8B.items() if k != "architectures"})).to(torch.bfloat16).eval()
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    with torch.no_grad():  # initialise explicitly: a bare constructor may leave memory uninitialised
-        for name, p in hf.named_parameters():
-            p.fill_(1.0) if "norm" in name else p.normal_(0.0, 0.02, generator=gen)
-    engine = Engine(model_path=path, load_format="dummy", max_total_tokens=4096, disable_cuda_graph=True, max_running_requests=4)
-    targets = checkpoint_targets(engine.runner.model)
-    with torch.no_grad():
-        for name, tensor in hf.state_dict().items():
-            if name in targets:
-                _copy_tensor(name, tensor, *targets[name])
-    ids = torch.randint(100, 120000, (512,), generator=torch.Generator().manual_seed(0)).tolist()
-    out = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 1, "temperature": 0},
-                          return_logprob=True, logprob_start_len=0)
-    with torch.no_grad():
-        ref = hf(torch.tensor([ids], device="cuda")).logits[0].float()
-    rows, targets = torch.arange(len(ids) - 1), torch.tensor(ids[1:])
-    ours = torch.tensor([lp for lp, _, _ in out["meta_info"]["input_token_logprobs"][1:]])
-    theirs = torch.log_softmax(ref, -1)[rows, targets].cpu()
-    first = int(ref[-1].argmax())
-    engine.shutdown()
-    del engine, ref
-    free_memory()
-    hf = hf.float()  # the same weights in float32: how far is bf16 itself (HF's or ours) from exact?
-    with torch.no_grad():
-        exact = torch.log_softmax(hf(torch.tensor([ids], device="cuda")).logits[0].float(), -1)[rows, targets].cpu()
-    del hf
-    free_memory()
-
-    def rel(a, b):
-        return round(float((a - b).norm() / b.norm()), 5)
-
-    return dict(prompt_logprob_max_abs_err=round(float((ours - theirs).abs().max()), 4),
-                prompt_logprob_rel_err_vs_hf_bf16=rel(ours, theirs), ours_bf16_rel_err_vs_fp32=rel(ours, exact),
-                hf_bf16_rel_err_vs_fp32=rel(theirs, exact), first_token_equal=out["output_ids"][0] == first)
-
-
 def decode_b1(engine, copy_tb_s):
     ids = torch.randint(100, 120000, (1024,)).tolist()
     params = {"max_new_tokens": 256, "temperature": 0, "ignore_eos": True}
@@ -203,33 +160,6 @@ def decode_b1(engine, copy_tb_s):
     ideal_s = (weight_bytes + kv_bytes) / (copy_tb_s * 1e12)
     return {f"{k}_tok_s": round(v, 1) for k, v in rates.items()} | {
         "roofline_fraction": round(rates["cuda_graph"] * ideal_s, 3), "weight_gb": round(weight_bytes / 1e9, 2)}
-
-
-def flashinfer_e2e(path, copy_tb_s):
-    """The FlashInfer backend on the 8B shape (head_dim 128): same dummy weights as the Triton engine,
-    so prompt logprobs agree to bf16 noise; batch-1 decode and a 300-request offline run."""
-    from runtime import Engine
-
-    ids = torch.randint(100, 120000, (512,), generator=torch.Generator().manual_seed(3)).tolist()
-    probe = dict(input_ids=ids, sampling_params={"max_new_tokens": 16, "temperature": 0, "ignore_eos": True},
-                 return_logprob=True, logprob_start_len=0)
-    res, logprobs = {}, {}
-    for backend in ("triton", "flashinfer"):
-        engine = Engine(model_path=path, load_format="dummy", attention_backend=backend)
-        out = engine.generate(**probe)
-        logprobs[backend] = torch.tensor([lp for lp, _, _ in out["meta_info"]["input_token_logprobs"][1:]])
-        res[f"{backend}_first_16_tokens"] = out["output_ids"]
-        if backend == "flashinfer":
-            res["decode_b1_1k"] = decode_b1(engine, copy_tb_s)
-            res["offline_300"] = offline(engine, 300)
-        engine.check_integrity()
-        engine.shutdown()
-        del engine
-        free_memory()
-    a, b = logprobs["flashinfer"], logprobs["triton"]
-    res["prompt_logprob_rel_err_vs_triton"] = round(float((a - b).norm() / b.norm()), 5)
-    res["greedy_tokens_equal_triton"] = res["triton_first_16_tokens"] == res["flashinfer_first_16_tokens"]
-    return res
 
 
 def workload(n, seed=0):
@@ -336,43 +266,6 @@ def json_constrained(engine, n=64, schema="short"):
     return res
 
 
-def hf_baselines(path, n_batch, impls=("sdpa", "paged|sdpa")):
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in LLAMA3_8B.items() if k != "architectures"})).to(torch.bfloat16).eval()
-    out = {}
-    ids = torch.randint(100, 120000, (1, 1024), device="cuda")
-    with torch.no_grad():
-        model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        model.generate(ids, max_new_tokens=64, min_new_tokens=64, do_sample=False, pad_token_id=0)
-        torch.cuda.synchronize()
-        out["generate_b1_1k_tok_s"] = round(64 / (time.perf_counter() - t), 1)
-        print(f"  hf generate b1: {out['generate_b1_1k_tok_s']} tok/s", flush=True)
-    reqs = workload(n_batch)
-    budget = max(m for _, m in reqs)
-    gen = GenerationConfig(max_new_tokens=budget, do_sample=False, eos_token_id=-1, pad_token_id=0,
-                           num_blocks=8192, block_size=128, max_batch_tokens=8192)
-    for impl in impls:
-        try:
-            model.set_attn_implementation(impl)
-            with torch.no_grad():
-                t = time.perf_counter()
-                res = model.generate_batch(inputs=[r[0] for r in reqs], generation_config=gen)
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t
-            tokens = sum(len(v.generated_tokens) for v in res.values())
-            out[f"generate_batch[{impl}]_tok_s"] = round(tokens / seconds, 1)
-            print(f"  hf generate_batch[{impl}] {n_batch} requests: {tokens} tokens in {seconds:.1f}s", flush=True)
-        except Exception as exc:
-            out[f"generate_batch[{impl}]"] = f"error: {exc}"[:200]
-    del model
-    free_memory()
-    return out
-
-
 def print_table():
     rows = []
     env_info = RESULTS.get("env", {})
@@ -441,11 +334,15 @@ def main() -> None:
             on, off_ = RESULTS.get("prefix_radix_on"), RESULTS.get("prefix_radix_off")
             if isinstance(on, dict) and isinstance(off_, dict):
                 RESULTS["prefix_speedup"] = round(off_["seconds"] / on["seconds"], 2)
+    from benchmarks.gpu_agreement import flashinfer_e2e, logits
+
     if "flashinfer" in wanted:
         section("flashinfer", flashinfer_e2e, path, copy_tb_s)
     if "logits" in wanted:
         section("logits", logits, path)
     if "hf" in wanted:
+        from benchmarks.hf_baseline import hf_baselines
+
         section("hf", hf_baselines, path, n_hf, tuple(args.hf_impls.split(",")))
         hf = RESULTS.get("hf")
         best = max([v for k, v in hf.items() if k.startswith("generate_batch") and isinstance(v, float)] or [0]) if isinstance(hf, dict) else 0

@@ -12,7 +12,7 @@ import asyncio
 import queue
 import threading
 import uuid
-from typing import Any, AsyncIterator, Iterator, Optional, Union
+from typing import Any, AsyncIterator, Iterator, Union
 
 from runtime.config import EngineConfig
 from runtime.engine_inputs import GenerateInput, normalize_inputs

@@ -1,0 +1,80 @@
+"""Agreement checks on the benchmark's Llama-3-8B shape (sections of bench_gpu.py): our first-step
+logits against HF transformers on the same random weights (with a float32 reference for scale), and
+the FlashInfer backend against the Triton one end to end.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.bench_gpu import LLAMA3_8B, decode_b1, free_memory, offline
+
+
+def logits(path):
+    from runtime import Engine
+    from runtime.model.loader import _copy_tensor, checkpoint_targets
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("cuda"):
+        hf = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in LLAMA3_8B.items() if k != "architectures"})).to(torch.bfloat16).eval()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    with torch.no_grad():  # initialise explicitly: a bare constructor may leave memory uninitialised
+        for name, p in hf.named_parameters():
+            p.fill_(1.0) if "norm" in name else p.normal_(0.0, 0.02, generator=gen)
+    engine = Engine(model_path=path, load_format="dummy", max_total_tokens=4096, disable_cuda_graph=True, max_running_requests=4)
+    targets = checkpoint_targets(engine.runner.model)
+    with torch.no_grad():
+        for name, tensor in hf.state_dict().items():
+            if name in targets:
+                _copy_tensor(name, tensor, *targets[name])
+    ids = torch.randint(100, 120000, (512,), generator=torch.Generator().manual_seed(0)).tolist()
+    out = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 1, "temperature": 0},
+                          return_logprob=True, logprob_start_len=0)
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids], device="cuda")).logits[0].float()
+    rows, targets = torch.arange(len(ids) - 1), torch.tensor(ids[1:])
+    ours = torch.tensor([lp for lp, _, _ in out["meta_info"]["input_token_logprobs"][1:]])
+    theirs = torch.log_softmax(ref, -1)[rows, targets].cpu()
+    first = int(ref[-1].argmax())
+    engine.shutdown()
+    del engine, ref
+    free_memory()
+    hf = hf.float()  # the same weights in float32: how far is bf16 itself (HF's or ours) from exact?
+    with torch.no_grad():
+        exact = torch.log_softmax(hf(torch.tensor([ids], device="cuda")).logits[0].float(), -1)[rows, targets].cpu()
+    del hf
+    free_memory()
+
+    def rel(a, b):
+        return round(float((a - b).norm() / b.norm()), 5)
+
+    return dict(prompt_logprob_max_abs_err=round(float((ours - theirs).abs().max()), 4),
+                prompt_logprob_rel_err_vs_hf_bf16=rel(ours, theirs), ours_bf16_rel_err_vs_fp32=rel(ours, exact),
+                hf_bf16_rel_err_vs_fp32=rel(theirs, exact), first_token_equal=out["output_ids"][0] == first)
+
+
+def flashinfer_e2e(path, copy_tb_s):
+    """The FlashInfer backend on the 8B shape (head_dim 128): same dummy weights as the Triton engine,
+    so prompt logprobs agree to bf16 noise; batch-1 decode and a 300-request offline run."""
+    from runtime import Engine
+
+    ids = torch.randint(100, 120000, (512,), generator=torch.Generator().manual_seed(3)).tolist()
+    probe = dict(input_ids=ids, sampling_params={"max_new_tokens": 16, "temperature": 0, "ignore_eos": True},
+                 return_logprob=True, logprob_start_len=0)
+    res, logprobs = {}, {}
+    for backend in ("triton", "flashinfer"):
+        engine = Engine(model_path=path, load_format="dummy", attention_backend=backend)
+        out = engine.generate(**probe)
+        logprobs[backend] = torch.tensor([lp for lp, _, _ in out["meta_info"]["input_token_logprobs"][1:]])
+        res[f"{backend}_first_16_tokens"] = out["output_ids"]
+        if backend == "flashinfer":
+            res["decode_b1_1k"] = decode_b1(engine, copy_tb_s)
+            res["offline_300"] = offline(engine, 300)
+        engine.check_integrity()
+        engine.shutdown()
+        del engine
+        free_memory()
+    a, b = logprobs["flashinfer"], logprobs["triton"]
+    res["prompt_logprob_rel_err_vs_triton"] = round(float((a - b).norm() / b.norm()), 5)
+    res["greedy_tokens_equal_triton"] = res["triton_first_16_tokens"] == res["flashinfer_first_16_tokens"]
+    return res
