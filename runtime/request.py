@@ -40,7 +40,7 @@ class FinishReason:
         return out
 
 
-@dataclass
+@dataclass(eq=False)  # a request is an entity: `in` / `remove` on the scheduler's queues compare identity
 class Req:
     rid: str
     origin_input_ids: list[int]
