@@ -42,7 +42,7 @@ class SampledResults:
 class LaunchedBatch:
     reqs: list[Req]  # the rows that sample a token, in row order
     logits: Optional[torch.Tensor]  # [B, V] float32 until sampled (may be a CUDA-graph buffer)
-    epochs: list[int] = field(default_factory=list)
+    epochs: list[int] = field(init=False)  # each row's request.output_epoch at launch
     next_ids: Optional[torch.Tensor] = None  # [B] on the device, once sampled
     _logprob_rows: list[int] = field(default_factory=list)
     _copy: Optional[HostCopy] = None
@@ -70,9 +70,10 @@ class LaunchedBatch:
             return host_ids
         if src == list(range(len(self.reqs))):
             return self.next_ids  # steady state: the same requests in the same order
-        index = to_device([[0 if row is None else row for row in src], host_ids], torch.int64, device)
-        from_device = to_device([row is not None for row in src], torch.bool, device)
-        return torch.where(from_device, self.next_ids[index[0]], index[1])
+        # one host→device copy: [row in this batch (0 if none), host id, 1 if the row supplies it]
+        table = to_device([[0 if row is None else row for row in src], host_ids, [row is not None for row in src]],
+                          torch.int64, device)
+        return torch.where(table[2].bool(), self.next_ids[table[0]], table[1])
 
     def set_sampled(
         self,
