@@ -9,6 +9,9 @@ benchmark of record (that is bench_gpu.py).
   overlap   batch-1 decode tok/s with overlap scheduling on and off (same engine)
   json      JSON-schema decoding at batch 64 and 1: jump-forward on/off vs unconstrained
   offline   300 requests of the offline workload, overlap on and off
+  blas      each projection at M = 1 through cuBLAS, cuBLAS GEMV, cuBLASLt and our kernel (past L2)
+  phases    the 1,000-request offline workload split into prefill and decode time, against the
+            bound that the run's measured matmul rate and copy bandwidth set; 256 vs 512 running
 """
 
 from __future__ import annotations
@@ -71,6 +74,43 @@ def gemv(copy_tb_s):
         tb_s = n * k * 2 / seconds / 1e12
         out[name] = dict(us=round(seconds * 1e6, 1), tb_s=round(tb_s, 2), of_copy=round(tb_s / copy_tb_s, 3))
         del w, x, graph
+    return out
+
+
+def blas_variants(copy_tb_s):
+    """Each decode projection at M = 1 through every matmul route we could dispatch to, with the
+    weights streaming from HBM (the graph cycles through copies that overflow L2): cuBLAS via
+    F.linear (what the model calls), torch.mv (cuBLAS GEMV), cuBLASLt, and our Triton kernel."""
+    import math
+
+    import torch.nn.functional as F
+
+    from runtime.model.gemv import graph_time_us, skinny_matmul
+
+    l2_bytes = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 * 2**20)
+    shapes = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
+              "lm_head": (128256, 4096)}
+    routes = {"cublas": lambda x, w: F.linear(x, w), "mv": lambda x, w: torch.mv(w, x[0]),
+              "skinny": lambda x, w: skinny_matmul(x, w)}
+    out = {}
+    for name, (n, k) in shapes.items():
+        copies = max(1, min(16, math.ceil(4 * l2_bytes / (n * k * 2))))
+        weights = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") for _ in range(copies)]
+        x = torch.randn(1, k, dtype=torch.bfloat16, device="cuda")
+        row = {}
+        for label, route in routes.items():
+            us = graph_time_us(lambda: [route(x, w) for w in weights], reps=2, iters=10) / copies
+            row[label] = dict(us=round(us, 2), of_copy=round(n * k * 2 / us / 1e6 / copy_tb_s, 3))
+        try:
+            torch.backends.cuda.preferred_blas_library("cublaslt")
+            us = graph_time_us(lambda: [F.linear(x, w) for w in weights], reps=2, iters=10) / copies
+            row["cublaslt"] = dict(us=round(us, 2), of_copy=round(n * k * 2 / us / 1e6 / copy_tb_s, 3))
+        except Exception as exc:  # noqa: BLE001 - a diagnostic: record and go on
+            row["cublaslt"] = f"FAILED: {exc}"[:200]
+        finally:
+            torch.backends.cuda.preferred_blas_library("cublas")
+        out[name] = row
+        del weights
     return out
 
 
@@ -141,6 +181,53 @@ def offline_overlap(engine, n=300):
     return res
 
 
+def offline_phases(env_result, n=1000):
+    """Where the offline benchmark's time goes. A prefill-only pass (1 output token each) times the
+    prompts; the full run minus that is decode. The bound is what the card allows for this exact
+    workload: every token (prompt or output) costs 2 x params FLOPs at the measured matmul rate, and
+    every output token also reads its whole context's K/V at the measured copy bandwidth."""
+    import dataclasses
+
+    from runtime import Engine
+
+    engine = Engine(model_path=model_dir(tempfile.mkdtemp()), load_format="dummy",
+                    max_running_requests=512, cuda_graph_max_bs=512)
+    mc = engine.runner.model_config
+    params = sum(p.numel() for name, p in engine.runner.model.named_parameters() if "embed_tokens" not in name)
+    kv_bytes_per_token = 2 * mc.num_layers * mc.num_kv_heads * mc.head_dim * 2
+    reqs = workload(n)
+    prompt_tokens = sum(len(p) for p, _ in reqs)
+    output_tokens = sum(m for _, m in reqs)
+    context_reads = sum(m * len(p) + m * (m - 1) // 2 for p, m in reqs)
+    peak_flops, copy_bytes_s = env_result["matmul_tflops"] * 1e12, env_result["copy_tb_s"] * 1e12
+    prefill_bound = prompt_tokens * 2 * params / peak_flops
+    decode_bound = output_tokens * 2 * params / peak_flops + context_reads * kv_bytes_per_token / copy_bytes_s
+
+    def run(max_new_tokens_of, cap):
+        engine.scheduler.config = dataclasses.replace(engine.scheduler.config, max_running_requests=cap)
+        engine.flush_cache()
+        start = time.perf_counter()
+        outs = engine.generate(input_ids=[p for p, _ in reqs], sampling_params=[
+            {"max_new_tokens": max_new_tokens_of(m), "temperature": 0, "ignore_eos": True} for _, m in reqs])
+        return time.perf_counter() - start, sum(len(o["output_ids"]) for o in outs)
+
+    res = dict(prompt_tokens=prompt_tokens, output_tokens=output_tokens, kv_capacity=engine.max_total_tokens,
+               bound_prefill_s=round(prefill_bound, 1), bound_decode_s=round(decode_bound, 1),
+               bound_output_tok_s=round(output_tokens / (prefill_bound + decode_bound), 1))
+    run(lambda m: 1, 256)  # warm-up: allocator, Triton autotuning of extend shapes
+    prefill_s, _ = run(lambda m: 1, 256)
+    res["prefill_only_s"] = round(prefill_s, 1)
+    res["prefill_tflops"] = round(prompt_tokens * 2 * params / prefill_s / 1e12, 1)
+    for cap in (256, 512):
+        seconds, tokens = run(lambda m: m, cap)
+        res[f"running_{cap}"] = dict(seconds=round(seconds, 1), output_tok_s=round(tokens / seconds, 1),
+                                     decode_s=round(seconds - prefill_s, 1),
+                                     fraction_of_bound=round((prefill_bound + decode_bound) / seconds, 3))
+    engine.check_integrity()
+    engine.shutdown()
+    return res
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
@@ -151,6 +238,12 @@ def main() -> None:
     copy_tb_s = RESULTS["env"]["copy_tb_s"] if isinstance(RESULTS["env"], dict) else 4.0
     if "gemv" in wanted:
         section("gemv", gemv, copy_tb_s)
+    if "blas" in wanted:
+        section("blas", blas_variants, copy_tb_s)
+    if "phases" in wanted:
+        section("phases", offline_phases, RESULTS["env"])
+    if not wanted & {"syncs", "kernels", "overlap", "json", "offline"}:
+        return _write(args.out)
     from runtime import Engine
 
     engine = Engine(model_path=model_dir(tempfile.mkdtemp()), load_format="dummy")
@@ -159,9 +252,13 @@ def main() -> None:
             section(name, fn, engine)
     engine.check_integrity()
     engine.shutdown()
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "profile.json"), "w") as f:
+    _write(args.out)
+
+
+def _write(out) -> None:
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "profile.json"), "w") as f:
             json.dump(RESULTS, f, indent=1, default=str)
 
 

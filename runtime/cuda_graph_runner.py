@@ -46,7 +46,7 @@ class CudaGraphRunner:
         self.req_pool_indices = torch.full((self.max_bs,), self.pad_row, dtype=torch.int64, device=dev)
         self.seq_lens = torch.ones(self.max_bs, dtype=torch.int32, device=dev)
         self.logits = torch.zeros(self.max_bs, runner.vocab_size, dtype=torch.float32, device=dev)
-        self.attn.init_cuda_graph_state(self.max_bs, runner.context_len + 1, dev)
+        self.attn.init_cuda_graph_state(self.max_bs, runner.context_len + 1, dev, self.model.attention_layer, runner.dtype)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.memory_pool = None
         self._capture_all()
@@ -76,8 +76,9 @@ class CudaGraphRunner:
         # largest first: smaller graphs then reuse the same memory pool
         for bs in reversed(self.batch_sizes):
             batch = self._static_batch(bs, torch.ones(bs, dtype=torch.int64))
-            self.attn.prepare_cuda_graph_decode(batch)
             with torch.cuda.stream(stream):
+                # on the capture stream, so the metadata copies are ordered before the warm-up reads
+                self.attn.prepare_cuda_graph_decode(batch)
                 for _ in range(2):  # warm up: Triton compiles, allocator settles
                     self._run_static(bs, batch)
             stream.synchronize()

@@ -54,8 +54,12 @@ class BaseAttentionBackend(ABC):
     # ------------------------------------------------------------------ CUDA graphs (decode only)
     supports_cuda_graph: bool = False
 
-    def init_cuda_graph_state(self, max_bs: int, max_context_len: int, device: torch.device) -> None:
-        """Allocate the static metadata buffers that captured decode graphs read."""
+    def init_cuda_graph_state(
+        self, max_bs: int, max_context_len: int, device: torch.device, layer: AttentionLayer, dtype: torch.dtype
+    ) -> None:
+        """Allocate the static metadata buffers that captured decode graphs read. `layer` is the shape
+        every attention layer of the model shares and `dtype` the KV dtype: a backend that plans its
+        kernels ahead (FlashInfer) must plan before a replay, where no layer code runs."""
         raise NotImplementedError(f"{type(self).__name__} does not support CUDA graphs")
 
     def prepare_cuda_graph_decode(self, batch: ForwardBatch) -> None:

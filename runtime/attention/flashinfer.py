@@ -29,12 +29,14 @@ class FlashInferAttention(BaseAttentionBackend):
         import flashinfer
 
         self.workspace = torch.zeros(_WORKSPACE_BYTES, dtype=torch.uint8, device=device)
-        self.decode_wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+        self.eager_decode_wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
             self.workspace, "NHD", use_tensor_cores=True
         )
+        self.decode_wrapper = self.eager_decode_wrapper  # this step's: a graph wrapper on graph steps
         self.prefill_wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD")
         self._step = None  # (qo_indptr, kv_indptr, kv_indices, last_page_len, is_decode)
         self._planned = False
+        self._plan_copied: dict[int, torch.cuda.Event] = {}  # wrapper id → its last plan's copies
 
     def prepare(self, batch: ForwardBatch) -> None:
         total = int(batch.seq_lens_cpu.sum())
@@ -45,17 +47,28 @@ class FlashInferAttention(BaseAttentionBackend):
         last_page_len = torch.ones(batch.batch_size, dtype=torch.int32)
         qo_indptr = None if batch.is_decode else _host_indptr(batch.extend_seq_lens_cpu)
         self._step = (qo_indptr, kv_indptr, kv_indices, last_page_len, batch.is_decode)
+        self.decode_wrapper = self.eager_decode_wrapper
         self._planned = False  # planning needs head counts and dtypes: done at the first layer
 
-    def _plan(self, q: torch.Tensor, kv_dtype: torch.dtype, layer: AttentionLayer) -> None:
+    def _plan(self, q_dtype: torch.dtype, kv_dtype: torch.dtype, layer: AttentionLayer) -> None:
         qo_indptr, kv_indptr, kv_indices, last_page_len, is_decode = self._step
-        common = dict(q_data_type=q.dtype, kv_data_type=kv_dtype, sm_scale=layer.scaling)
+        common = dict(q_data_type=q_dtype, kv_data_type=kv_dtype, sm_scale=layer.scaling)
+        wrapper = self.decode_wrapper if is_decode else self.prefill_wrapper
+        # NOTE: plan() stages its schedule in the wrapper's pinned host buffer and copies it to the
+        # device asynchronously. With overlap scheduling the previous step may still be queued, so
+        # wait until that copy has left the buffer before overwriting it (it almost always has).
+        previous = self._plan_copied.get(id(wrapper))
+        if previous is not None:
+            previous.synchronize()
         if is_decode:
-            self.decode_wrapper.plan(kv_indptr, kv_indices, last_page_len, layer.num_heads, layer.num_kv_heads,
-                                     layer.head_dim, 1, **common)
+            wrapper.plan(kv_indptr, kv_indices, last_page_len, layer.num_heads, layer.num_kv_heads,
+                         layer.head_dim, 1, **common)
         else:
-            self.prefill_wrapper.plan(qo_indptr, kv_indptr, kv_indices, last_page_len, layer.num_heads,
-                                      layer.num_kv_heads, layer.head_dim, 1, causal=True, **common)
+            wrapper.plan(qo_indptr, kv_indptr, kv_indices, last_page_len, layer.num_heads,
+                         layer.num_kv_heads, layer.head_dim, 1, causal=True, **common)
+        event = torch.cuda.Event()
+        event.record()
+        self._plan_copied[id(wrapper)] = event
         self._planned = True
 
     def _run(self, wrapper, q, k, v, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:
@@ -63,7 +76,7 @@ class FlashInferAttention(BaseAttentionBackend):
         v_buffer = batch.kv_pool.v_buffers[layer.layer_id]
         store_kv(k_buffer, v_buffer, batch.out_cache_loc, k, v)
         if not self._planned:
-            self._plan(q, k_buffer.dtype, layer)
+            self._plan(q.dtype, k_buffer.dtype, layer)
         paged = (k_buffer.unsqueeze(1), v_buffer.unsqueeze(1))  # [pages, page_size=1, KvH, D]
         return wrapper.run(q.contiguous(), paged)
 
@@ -72,3 +85,36 @@ class FlashInferAttention(BaseAttentionBackend):
 
     def forward_decode(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:
         return self._run(self.decode_wrapper, q, k, v, layer, batch)
+
+    # ------------------------------------------------------------------ CUDA graphs
+    supports_cuda_graph = True
+
+    def init_cuda_graph_state(
+        self, max_bs: int, max_context_len: int, device: torch.device, layer: AttentionLayer, dtype: torch.dtype
+    ) -> None:
+        # NOTE: one wrapper per captured batch size (FlashInfer fixes its grid per batch size in
+        # graph mode); all of them read the same static index buffers, whose addresses the
+        # captured kernels keep. Replays rewrite only their contents, in plan().
+        self._graph_layer, self._graph_dtype = layer, dtype
+        self._graph_kv_indptr = torch.zeros(max_bs + 1, dtype=torch.int32, device=device)
+        self._graph_kv_indices = torch.zeros(max_bs * max_context_len, dtype=torch.int32, device=device)
+        self._graph_last_page_len = torch.ones(max_bs, dtype=torch.int32, device=device)
+        self._graph_wrappers: dict[int, object] = {}
+
+    def prepare_cuda_graph_decode(self, batch: ForwardBatch) -> None:
+        import flashinfer
+
+        bs = batch.batch_size
+        wrapper = self._graph_wrappers.get(bs)
+        if wrapper is None:
+            wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+                self.workspace, "NHD", use_cuda_graph=True, use_tensor_cores=True,
+                paged_kv_indptr_buffer=self._graph_kv_indptr[: bs + 1],
+                paged_kv_indices_buffer=self._graph_kv_indices,
+                paged_kv_last_page_len_buffer=self._graph_last_page_len[:bs],
+            )
+            self._graph_wrappers[bs] = wrapper
+        self.prepare(batch)
+        self.decode_wrapper = wrapper
+        # plan now: a replay runs no Python, so the first layer cannot plan lazily
+        self._plan(self._graph_dtype, self._graph_dtype, self._graph_layer)

@@ -123,6 +123,11 @@ class LlamaForCausalLM(nn.Module):
         once per step (the model does not, so CUDA-graph replay can keep host planning outside)."""
         return self.model(input_ids, positions, batch)
 
+    @property
+    def attention_layer(self) -> AttentionLayer:
+        """The attention shape every layer shares (layer_id 0's), for backends that plan ahead."""
+        return self.model.layers[0].self_attn.layer
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] → logits [N, vocab] float32."""
         return torch.nn.functional.linear(hidden, self.lm_head.weight).float()

@@ -40,7 +40,7 @@ def test_graph_decode_metadata_path_matches(setup):
     path, ids, expected = setup
     with checked_engine(model_path=path, dtype="float32", attention_backend="triton") as engine:
         runner = engine.runner
-        runner.attn_backend.init_cuda_graph_state(8, runner.context_len + 1, runner.device)
+        runner.attn_backend.init_cuda_graph_state(8, runner.context_len + 1, runner.device, runner.model.attention_layer, runner.dtype)
         original = runner.forward
 
         def forward(batch):

@@ -96,7 +96,9 @@ class TritonAttention(BaseAttentionBackend):
     # ------------------------------------------------------------------ CUDA graphs
     supports_cuda_graph = True
 
-    def init_cuda_graph_state(self, max_bs: int, max_context_len: int, device: torch.device) -> None:
+    def init_cuda_graph_state(
+        self, max_bs: int, max_context_len: int, device: torch.device, layer: AttentionLayer, dtype: torch.dtype
+    ) -> None:
         # NOTE: captured kernels keep these buffers' addresses; replays only rewrite their contents.
         self._graph_qo_indptr = torch.arange(max_bs + 1, dtype=torch.int32, device=device)
         self._graph_kv_indptr = torch.zeros(max_bs + 1, dtype=torch.int32, device=device)
