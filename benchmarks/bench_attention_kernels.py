@@ -29,7 +29,7 @@ def parse_args(argv=None):
     parser.add_argument("--sweep", action="store_true", help="also time several block/warp/split configs")
     parser.add_argument("--no-flashinfer", action="store_true", help="skip the FlashInfer baseline")
     parser.add_argument("--iters", type=int, default=50)
-    parser.add_argument("--shapes", default="64x4096,1x1024,128x1024", help="BATCHxCONTEXT,...")
+    parser.add_argument("--shapes", default="64x4096,1x1024,128x1024", help="BATCHxCONTEXT or BATCHxMIN-MAX (ragged),...")
     parser.add_argument("--heads", default="32/8", help="query heads/KV heads")
     parser.add_argument("--head-dim", type=int, default=128)
     return parser.parse_args(argv)
@@ -51,30 +51,39 @@ SWEEP_SPLITS = [1, 2, 4, 8, 16, 32]
 class Problem:
     """Pool, slot table and queries of one decode step: B requests × context tokens each."""
 
-    def __init__(self, batch_size, context_len, num_heads, num_kv_heads, head_dim, dtype, device):
+    def __init__(self, batch_size, context_len, num_heads, num_kv_heads, head_dim, dtype, device, min_context=None):
+        """context_len tokens per request, or with min_context lengths uniform in [min_context, context_len]
+        (ragged, as a serving batch is)."""
         gen = torch.Generator(device=device).manual_seed(batch_size * 7919 + context_len)
-        num_tokens = batch_size * context_len
+        if min_context is None:
+            self.lengths = [context_len] * batch_size
+        else:
+            host_gen = torch.Generator().manual_seed(batch_size + context_len)
+            self.lengths = torch.randint(min_context, context_len + 1, (batch_size,), generator=host_gen).tolist()
+        num_tokens = sum(self.lengths)
+        self.label = f"{batch_size}x{context_len}" if min_context is None else f"{batch_size}x{min_context}-{context_len}"
         self.shape = (batch_size, context_len, num_heads, num_kv_heads, head_dim)
         self.scaling = head_dim**-0.5
         pool_shape = (num_tokens + 1, num_kv_heads, head_dim)  # slot 0 = padding slot
         self.k_buffer = torch.randn(pool_shape, generator=gen, device=device).to(dtype)
         self.v_buffer = torch.randn(pool_shape, generator=gen, device=device).to(dtype)
         self.kv_indices = (torch.randperm(num_tokens, generator=gen, device=device) + 1).to(torch.int32)
-        self.kv_indptr = torch.arange(0, num_tokens + 1, context_len, dtype=torch.int32, device=device)
+        self.kv_indptr = torch.zeros(batch_size + 1, dtype=torch.int32, device=device)
+        self.kv_indptr[1:] = torch.tensor(self.lengths, device=device).cumsum(0)
         self.q = torch.randn((batch_size, num_heads, head_dim), generator=gen, device=device).to(dtype)
         self.kv_bytes = 2 * num_tokens * num_kv_heads * head_dim * self.k_buffer.element_size()
 
     def reference(self) -> torch.Tensor:
-        """float32 attention, a few requests at a time to bound memory: [B, H, D]."""
-        batch_size, context_len, num_heads, num_kv_heads, _ = self.shape
-        slots = self.kv_indices.view(batch_size, context_len).long()
+        """float32 attention, one request at a time (ragged lengths, bounded memory): [B, H, D]."""
+        batch_size, _, num_heads, num_kv_heads, _ = self.shape
         out = torch.empty(self.q.shape, dtype=torch.float32, device=self.q.device)
-        for start in range(0, batch_size, 8):
-            rows = slice(start, start + 8)
-            k = self.k_buffer[slots[rows]].float().repeat_interleave(num_heads // num_kv_heads, 2)
-            v = self.v_buffer[slots[rows]].float().repeat_interleave(num_heads // num_kv_heads, 2)
-            scores = torch.einsum("bhd,bnhd->bhn", self.q[rows].float(), k) * self.scaling
-            out[rows] = torch.einsum("bhn,bnhd->bhd", scores.softmax(-1), v)
+        starts = self.kv_indptr.tolist()
+        for b in range(batch_size):
+            slots = self.kv_indices[starts[b] : starts[b + 1]].long()
+            k = self.k_buffer[slots].float().repeat_interleave(num_heads // num_kv_heads, 1)  # [n, H, D]
+            v = self.v_buffer[slots].float().repeat_interleave(num_heads // num_kv_heads, 1)
+            scores = torch.einsum("hd,nhd->hn", self.q[b].float(), k) * self.scaling
+            out[b] = torch.einsum("hn,nhd->hd", scores.softmax(-1), v)
         return out
 
 
@@ -156,9 +165,8 @@ def measure(problem, name, fn, iters, copy_bytes_per_s, reference, config="", nu
     error = ((out.float() - reference).abs().max() / reference.abs().max()).item()
     ms = time_call(fn, iters, device)
     bandwidth = problem.kv_bytes / (ms * 1e-3)
-    batch_size, context_len = problem.shape[:2]
     row = {
-        "shape": f"{batch_size}x{context_len}", "impl": name, "config": config, "num_splits": num_splits,
+        "shape": problem.label, "impl": name, "config": config, "num_splits": num_splits,
         "ms": ms, "kv_gb_per_s": bandwidth / 1e9, "pct_of_copy": 100 * bandwidth / copy_bytes_per_s,
         "max_rel_err": error,
     }
@@ -208,22 +216,29 @@ def print_table(rows, copy_bytes_per_s, device_name):
         print(format_row(r))
 
 
+def parse_shape(text: str) -> tuple[int, int, int | None]:
+    """"64x4096" → (64, 4096, None); "448x256-1536" → (448, 1536, 256): ragged lengths in [256, 1536]."""
+    batch, context = text.split("x")
+    low, _, high = context.partition("-")
+    return (int(batch), int(high), int(low)) if high else (int(batch), int(low), None)
+
+
 def main(args) -> None:
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU (or --cpu-smoke)")
     num_heads, num_kv_heads = (int(x) for x in args.heads.split("/"))
     if args.cpu_smoke:  # bf16 tl.dot is wrong in the interpreter; shapes the interpreter runs in seconds
-        shapes, head_dim, dtype, iters = [(2, 64), (1, 40)], 32, torch.float32, 2
+        shapes, head_dim, dtype, iters = [(2, 64, None), (1, 40, None), (3, 50, 5)], 32, torch.float32, 2
         num_heads, num_kv_heads, num_sms, copy_bytes_per_s = 4, 2, 4, float("nan")
     else:
-        shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+        shapes = [parse_shape(s) for s in args.shapes.split(",")]
         head_dim, dtype, iters = args.head_dim, torch.bfloat16, args.iters
         num_sms = torch.cuda.get_device_properties(device).multi_processor_count
         copy_bytes_per_s = copy_bandwidth(device, iters)
     rows = []
-    for batch_size, context_len in shapes:
-        problem = Problem(batch_size, context_len, num_heads, num_kv_heads, head_dim, dtype, device)
+    for batch_size, context_len, min_context in shapes:
+        problem = Problem(batch_size, context_len, num_heads, num_kv_heads, head_dim, dtype, device, min_context)
         print(f"B={batch_size} context={context_len}", flush=True)
         rows += bench_shape(problem, num_sms, iters, copy_bytes_per_s, args.sweep, not args.no_flashinfer)
         del problem

@@ -190,8 +190,7 @@ def offline_phases(env_result, n=1000):
 
     from runtime import Engine
 
-    engine = Engine(model_path=model_dir(tempfile.mkdtemp()), load_format="dummy",
-                    max_running_requests=512, cuda_graph_max_bs=512)
+    engine = Engine(model_path=model_dir(tempfile.mkdtemp()), load_format="dummy")  # default caps
     mc = engine.runner.model_config
     params = sum(p.numel() for name, p in engine.runner.model.named_parameters() if "embed_tokens" not in name)
     kv_bytes_per_token = 2 * mc.num_layers * mc.num_kv_heads * mc.head_dim * 2
@@ -203,26 +202,36 @@ def offline_phases(env_result, n=1000):
     prefill_bound = prompt_tokens * 2 * params / peak_flops
     decode_bound = output_tokens * 2 * params / peak_flops + context_reads * kv_bytes_per_token / copy_bytes_s
 
+    default_cap = engine.config.max_running_requests
+    counters = ("num_extend_steps", "extend_tokens", "num_decode_steps", "decode_rows")
+
     def run(max_new_tokens_of, cap):
         engine.scheduler.config = dataclasses.replace(engine.scheduler.config, max_running_requests=cap)
         engine.flush_cache()
+        before = engine.get_stats()
         start = time.perf_counter()
         outs = engine.generate(input_ids=[p for p, _ in reqs], sampling_params=[
             {"max_new_tokens": max_new_tokens_of(m), "temperature": 0, "ignore_eos": True} for _, m in reqs])
-        return time.perf_counter() - start, sum(len(o["output_ids"]) for o in outs)
+        seconds = time.perf_counter() - start
+        after = engine.get_stats()
+        steps = {k: after[k] - before[k] for k in counters}
+        return seconds, sum(len(o["output_ids"]) for o in outs), dict(
+            extend_steps=steps["num_extend_steps"], mean_extend_tokens=round(steps["extend_tokens"] / max(1, steps["num_extend_steps"])),
+            decode_steps=steps["num_decode_steps"], mean_decode_batch=round(steps["decode_rows"] / max(1, steps["num_decode_steps"]), 1))
 
     res = dict(prompt_tokens=prompt_tokens, output_tokens=output_tokens, kv_capacity=engine.max_total_tokens,
                bound_prefill_s=round(prefill_bound, 1), bound_decode_s=round(decode_bound, 1),
                bound_output_tok_s=round(output_tokens / (prefill_bound + decode_bound), 1))
     run(lambda m: 1, 256)  # warm-up: allocator, Triton autotuning of extend shapes
-    prefill_s, _ = run(lambda m: 1, 256)
+    prefill_s, _, steps = run(lambda m: 1, 256)
     res["prefill_only_s"] = round(prefill_s, 1)
     res["prefill_tflops"] = round(prompt_tokens * 2 * params / prefill_s / 1e12, 1)
-    for cap in (256, 512):
-        seconds, tokens = run(lambda m: m, cap)
+    res["prefill_only_steps"] = steps
+    for cap in (256, 512, default_cap):
+        seconds, tokens, steps = run(lambda m: m, cap)
         res[f"running_{cap}"] = dict(seconds=round(seconds, 1), output_tok_s=round(tokens / seconds, 1),
                                      decode_s=round(seconds - prefill_s, 1),
-                                     fraction_of_bound=round((prefill_bound + decode_bound) / seconds, 3))
+                                     fraction_of_bound=round((prefill_bound + decode_bound) / seconds, 3), **steps)
     engine.check_integrity()
     engine.shutdown()
     return res

@@ -31,7 +31,11 @@ class EngineConfig:
     max_total_tokens: Optional[int] = _opt(None, "KV pool size in tokens (overrides the budgets).")
     page_size: int = _opt(1, "Tokens per KV page.")
     # --- scheduling
-    max_running_requests: int = _opt(256, "Most requests decoding at once.")
+    max_running_requests: Optional[int] = _opt(
+        None,
+        "Most requests decoding at once. Default: what the KV pool holds at 512 tokens each, between 16 "
+        "and 1024 (large batches amortise each step's weight reads; the pool bounds them anyway).",
+    )
     max_queued_requests: int = _opt(4096, "Most requests waiting; more are refused (HTTP 503).")
     chunked_prefill_size: int = _opt(8192, "Prefill token budget per step; longer prompts are chunked. -1: off.")
     max_prefill_tokens: int = _opt(16384, "Most new prefill tokens in one extend batch.")
@@ -47,7 +51,7 @@ class EngineConfig:
     # --- kernels
     attention_backend: str = _opt("auto", "Attention kernels.", ("auto", "torch_native", "triton", "flashinfer"))
     disable_cuda_graph: bool = _opt(False, "Run decode without CUDA graphs.")
-    cuda_graph_max_bs: int = _opt(256, "Largest decode batch captured in a CUDA graph.")
+    cuda_graph_max_bs: int = _opt(512, "Largest decode batch captured in a CUDA graph.")
     # --- constrained decoding
     disable_jump_forward: bool = _opt(False, "Decode forced grammar text token by token.")
     jump_forward_max_batch: Optional[int] = _opt(
@@ -70,7 +74,7 @@ class EngineConfig:
         if not 0.0 < self.mem_fraction_static < 1.0:
             raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static}")
         for name in ("page_size", "max_running_requests", "max_queued_requests", "max_prefill_tokens"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.chunked_prefill_size == 0 or self.chunked_prefill_size < -1:
             raise ValueError(f"chunked_prefill_size must be -1 (off) or >= 1, got {self.chunked_prefill_size}")

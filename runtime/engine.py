@@ -31,6 +31,7 @@ class Engine:
             self.config = self.config.replace(model_path=default_model_path())
         self.tokenizer = load_tokenizer(self.config.resolved_tokenizer_path)
         self.runner = ModelRunner(self.config, self.config.model_path)
+        self.config = self.config.replace(max_running_requests=self.runner.max_running_requests)  # auto resolved
         self.eos_token_ids = eos_token_ids(self.tokenizer, self.runner.model_config.eos_token_ids)
         self.grammars = self._grammar_compiler()
         self.scheduler = Scheduler(self.config, self.runner, self.tokenizer)
@@ -278,6 +279,10 @@ class Engine:
                 "num_retractions": s.stats.num_retractions,
                 "num_finished": s.stats.num_finished,
                 "num_aborted": s.stats.num_aborted,
+                "num_extend_steps": s.stats.num_extend_steps,
+                "extend_tokens": s.stats.extend_tokens,
+                "num_decode_steps": s.stats.num_decode_steps,
+                "decode_rows": s.stats.decode_rows,
                 "kv_free": s.allocator.num_free,
                 "kv_cached": s.cache.total_size,
                 "kv_total": s.allocator.size,

@@ -26,6 +26,14 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def auto_max_running_requests(pool_tokens: int) -> int:
+    """As many requests as the pool holds at 512 tokens each, within [16, 1024]. On an H100 with an
+    8B model (~420k KV tokens) that is 824: the offline benchmark ran 11% faster with 512 running
+    than 256 (each decode step's weight reads shared by more tokens), and the pool, not this cap,
+    then limits the batch."""
+    return max(16, min(1024, pool_tokens // 512))
+
+
 def resolve_attention_backend(name: str, device: torch.device) -> str:
     if name != "auto":
         if name in ("triton", "flashinfer") and device.type != "cuda":
@@ -65,8 +73,9 @@ class ModelRunner:
         mc = self.model_config
         self.kv_pool = KVPool(self.max_total_tokens, mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
         self.allocator = TokenSlotAllocator(self.max_total_tokens, self.device)
+        self.max_running_requests = config.max_running_requests or auto_max_running_requests(self.max_total_tokens)
         self.req_to_token_pool = ReqToTokenPool(
-            config.max_running_requests + _SPARE_ROWS, self.context_len + 1, self.device
+            self.max_running_requests + _SPARE_ROWS, self.context_len + 1, self.device
         )
         self.skinny_kernels = self._choose_skinny_kernels()
         self.cuda_graph = self._maybe_capture_cuda_graphs()
@@ -120,7 +129,7 @@ class ModelRunner:
             return None
         from runtime.cuda_graph_runner import CudaGraphRunner
 
-        max_bs = min(self.config.cuda_graph_max_bs, self.config.max_running_requests)
+        max_bs = min(self.config.cuda_graph_max_bs, self.max_running_requests)
         return CudaGraphRunner(self, max_bs)
 
     def release(self) -> None:

@@ -193,6 +193,7 @@ class Scheduler:
             extend_lens.append(a.extend_len)
             req.kv_len += a.extend_len
         seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
+        self.stats.on_extend_step(sum(extend_lens))
         fb = build_forward_batch(
             ForwardMode.EXTEND, input_ids, positions, torch.cat(out_locs), rows, seq_lens,
             self.req_pool.req_to_token, self.runner.kv_pool, prefix_lens, extend_lens,
@@ -238,6 +239,7 @@ class Scheduler:
 
     def _launch_decode(self, reqs: list[Req]) -> LaunchedBatch:
         slots = self.kv.allocate(len(reqs))
+        self.stats.on_decode_step(len(reqs))
         input_ids = self._decode_input_ids(reqs)
         positions = [r.kv_len for r in reqs]
         rows = [r.req_pool_idx for r in reqs]

@@ -16,6 +16,18 @@ class SchedulerStats:
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
     generation_tokens: int = 0
+    num_extend_steps: int = 0
+    extend_tokens: int = 0  # prompt tokens computed (cache hits excluded)
+    num_decode_steps: int = 0
+    decode_rows: int = 0  # sum of decode batch sizes: / num_decode_steps = the mean batch
+
+    def on_extend_step(self, num_tokens: int) -> None:
+        self.num_extend_steps += 1
+        self.extend_tokens += num_tokens
+
+    def on_decode_step(self, batch_size: int) -> None:
+        self.num_decode_steps += 1
+        self.decode_rows += batch_size
 
     def on_arrival(self, req: Req) -> None:
         self.num_requests += 1

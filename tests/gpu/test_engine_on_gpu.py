@@ -81,7 +81,9 @@ def test_steady_decode_never_waits_for_the_gpu(setup):
 @pytest.mark.gpu
 def test_flashinfer_cuda_graphs_match_eager(tiny_model_dir):
     """FlashInfer decode replayed from CUDA graphs (one planned wrapper per captured batch size,
-    padded batches) gives the tokens and logprobs of FlashInfer run eagerly."""
+    padded batches) gives the tokens and logprobs of FlashInfer run eagerly. bfloat16 (the dtype the
+    benchmark compiles FlashInfer's kernels for): a near-tie may flip late, so tokens must agree for
+    the first 4 steps and logprobs wherever the tokens agree."""
     pytest.importorskip("flashinfer")
     from tests.integration.engine_helpers import checked_engine
 
@@ -91,12 +93,12 @@ def test_flashinfer_cuda_graphs_match_eager(tiny_model_dir):
     params = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
     results = {}
     for graphs in (True, False):
-        with checked_engine(model_path=path, dtype="float16", device="cuda", attention_backend="flashinfer",
+        with checked_engine(model_path=path, dtype="bfloat16", device="cuda", attention_backend="flashinfer",
                             disable_cuda_graph=not graphs) as engine:
             assert (engine.runner.cuda_graph is not None) == graphs
             outs = engine.generate(input_ids=prompts, sampling_params=params, return_logprob=True)
-            results[graphs] = ([o["output_ids"] for o in outs],
-                               [[lp for lp, _, _ in o["meta_info"]["output_token_logprobs"]] for o in outs])
-    assert results[True][0] == results[False][0]
-    got, want = torch.tensor(results[True][1]), torch.tensor(results[False][1])
-    assert torch.allclose(got, want, atol=2e-2), (got - want).abs().max()
+            results[graphs] = [(o["output_ids"], [lp for lp, _, _ in o["meta_info"]["output_token_logprobs"]]) for o in outs]
+    for (ids_g, lps_g), (ids_e, lps_e) in zip(results[True], results[False]):
+        same = next((i for i, (a, b) in enumerate(zip(ids_g, ids_e)) if a != b), len(ids_e))
+        assert same >= 4, (ids_g, ids_e)
+        assert torch.allclose(torch.tensor(lps_g[:same]), torch.tensor(lps_e[:same]), atol=3e-2)

@@ -271,3 +271,15 @@ def test_a_live_rid_cannot_be_reused(engine):
     with pytest.raises(ValueError, match="busy"):
         engine.generate(prompt=PROMPT, rid="busy")
     stream.close()
+
+
+def test_step_counters_count_prompt_tokens_and_decode_rows(engine):
+    """get_stats() counts what each step computed: benchmarks read the mean decode batch from it."""
+    engine.flush_cache()
+    before = engine.get_stats()
+    prompts = [[7 + i for i in range(10)], [50 + i for i in range(6)]]
+    engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": 4, "ignore_eos": True, "temperature": 0})
+    after = engine.get_stats()
+    delta = {k: after[k] - before[k] for k in ("num_extend_steps", "extend_tokens", "num_decode_steps", "decode_rows")}
+    # one extend step for both prompts (their first tokens), then 3 decode steps of 2 rows
+    assert delta == {"num_extend_steps": 1, "extend_tokens": 16, "num_decode_steps": 3, "decode_rows": 6}

@@ -29,3 +29,21 @@ def test_unknown_option_is_named():
 def test_overlap_is_on_and_jump_forward_limit_automatic_by_default():
     config = EngineConfig()
     assert config.disable_overlap_schedule is False and config.jump_forward_max_batch is None
+
+
+@pytest.mark.parametrize("pool_tokens, expected", [(2, 16), (16 * 512, 16), (300 * 512 + 511, 300), (10**7, 1024)])
+def test_running_request_cap_follows_the_kv_pool(pool_tokens, expected):
+    from runtime.model_runner import auto_max_running_requests
+
+    assert auto_max_running_requests(pool_tokens) == expected
+
+
+def test_engine_resolves_the_running_cap_and_sizes_its_request_table(tiny_model_dir):
+    from runtime import Engine
+
+    path = tiny_model_dir("llama")
+    with Engine(model_path=path, dtype="float32", max_total_tokens=40 * 512) as engine:
+        assert engine.config.max_running_requests == 40  # what the scheduler and server read
+        assert engine.runner.req_to_token_pool.req_to_token.shape[0] >= 40
+    with Engine(model_path=path, dtype="float32", max_total_tokens=40 * 512, max_running_requests=3) as engine:
+        assert engine.config.max_running_requests == 3
