@@ -43,6 +43,9 @@ LLAMA3_8B = dict(
 )
 
 
+OUT_DIR: list[str] = []  # set by main() from --out
+
+
 def section(name, fn, *args):
     start = time.time()
     try:
@@ -51,6 +54,10 @@ def section(name, fn, *args):
         traceback.print_exc()
         RESULTS[name] = f"FAILED: {type(exc).__name__}: {str(exc)[:400]}"
     print(f"[{name}] {time.time() - start:.1f}s -> {json.dumps(RESULTS[name], default=str)[:1500]}", flush=True)
+    if OUT_DIR:  # after every section: a run cut short by the device's time limit keeps what it measured
+        os.makedirs(OUT_DIR[0], exist_ok=True)
+        with open(os.path.join(OUT_DIR[0], "results.json"), "w") as f:
+            json.dump(RESULTS, f, indent=1, default=str)
 
 
 def model_dir(workdir: str) -> str:
@@ -288,6 +295,8 @@ def main() -> None:
     parser.add_argument("--hf-impls", default="sdpa,paged|sdpa", help="attn_implementation values for generate_batch")
     args = parser.parse_args()
     wanted = set(args.sections.split(","))
+    if args.out:
+        OUT_DIR.append(args.out)
     workdir = tempfile.mkdtemp()
     path = model_dir(workdir)
     n_offline, n_prefix, n_hf = (100, 32, 8) if args.quick else (1000, 256, args.hf_requests)
