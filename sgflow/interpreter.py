@@ -14,7 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from sgflow import ir
@@ -68,6 +68,7 @@ class Executor:
         self.variables: dict[str, Any] = {}  # partial values while streaming
         self.meta: dict[str, dict] = {}
         self.calls: list[CallRecord] = []
+        self.forks: list["Executor"] = []  # children of every fork, in order: their calls count too
         self.error: Optional[BaseException] = None
         self.finished: concurrent.futures.Future = concurrent.futures.Future()
         self.fork_point = (0, 0)  # (text length, ids length) of the parent when forked
@@ -284,6 +285,14 @@ class Executor:
             return
         for parent_future, child_futures in plan.gathered.values():
             parent_future.set_result([await await_future(f) for f in child_futures])
+
+    def all_calls(self, branch: str = "") -> list[CallRecord]:
+        """This state's calls, then those of every state forked from it (recursively), each tagged
+        with its branch. Calls of forks still running count as far as they have got."""
+        calls = [replace(c, branch=branch) for c in list(self.calls)]
+        for i, child in enumerate(list(self.forks)):
+            calls += child.all_calls(f"{branch}.{i}" if branch else str(i))
+        return calls
 
     # ------------------------------------------------------------------ helpers
     def _record(self, kind: str, name: Optional[str], meta: dict, began: float) -> None:

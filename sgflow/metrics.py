@@ -14,6 +14,7 @@ class CallRecord:
     completion_tokens: int
     cached_tokens: int
     latency: float  # seconds, measured by the frontend around the call
+    branch: str = ""  # "" for the program itself; "1" for its second fork, "1.0" for that fork's first, ...
 
     @classmethod
     def from_meta(cls, kind: str, name: Optional[str], meta: dict, latency: float) -> "CallRecord":

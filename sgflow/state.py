@@ -151,9 +151,10 @@ class ProgramState:
 
     def get_meta_info(self, name: Optional[str] = None) -> Optional[dict]:
         """`name`: the runtime's meta info of that call (+ frontend latency). No name: program
-        metrics (calls, prompt/completion/cached tokens, cache hit rate, latency per call)."""
+        metrics (calls, prompt/completion/cached tokens, cache hit rate, latency per call), forks'
+        calls included (each call names its `branch`)."""
         if name is None:
-            return summarize(list(self._synced().calls))
+            return summarize(self._synced().all_calls())
         future = self._future(name)
         concurrent.futures.wait([future])
         return self._executor.meta.get(name)
@@ -228,6 +229,7 @@ class ProgramState:
         ]
         for child in children:
             child.trace_log = ex.trace_log
+        ex.forks.extend(children)
         names_at_fork = set(self._declared)
         ex.submit(Work(ir.Fork(size), extra=children))
         states = [self._child(child) for child in children]

@@ -40,14 +40,16 @@ class LlamaAttention(nn.Module):
         self.attn_backend = attn_backend
 
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        num_tokens = hidden.shape[0]
-        q, k, v = self.qkv_proj.split(self.qkv_proj(hidden))  # [T, (H + 2 KvH) D] → [T, H D], 2 × [T, KvH D]
-        q = q.view(num_tokens, self.num_heads, self.head_dim)  # [T, H, D]
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, KvH, D]
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, KvH, D]
+        num_tokens, heads = hidden.shape[0], self.num_heads
+        qkv = self.qkv_proj(hidden)  # [T, (H + 2 KvH) D]: q heads, k heads, v heads
+        qk = qkv[:, : (heads + self.num_kv_heads) * self.head_dim].view(num_tokens, -1, self.head_dim)
+        v = qkv[:, qk.shape[1] * self.head_dim :].view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, KvH, D]
         if self.qk_norm:  # Qwen3 normalises each head before rotating, as HF does
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            q, k = self.q_norm(qk[:, :heads]), self.k_norm(qk[:, heads:])
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        else:  # q and k heads side by side: one rotary launch for both (per head, so the same numbers)
+            qk = apply_rotary(qk, cos, sin)  # [T, H + KvH, D]
+            q, k = qk[:, :heads], qk[:, heads:]  # [T, H, D], [T, KvH, D]
         out = self.attn_backend.forward(q, k, v, self.layer, batch)  # [T, H, D]
         return self.o_proj(out.reshape(num_tokens, -1))  # [T, hidden]
 

@@ -52,3 +52,19 @@ def test_rotary_in_place_on_a_strided_view_matches_torch():
     fused.rotary_(k, cos, sin)
     assert torch.allclose(q, want_q, atol=1e-6) and torch.allclose(k, want_k, atol=1e-6)
     assert torch.equal(qkv[:, 6 * 32 :], v_before)  # v untouched
+
+
+def test_rotary_of_q_and_k_heads_in_one_launch_matches_separate_rotations():
+    """The model rotates q and k heads together (one launch per layer): 5 + 2 heads, a count the
+    kernel pads to 8, must give the per-tensor rotations and leave v alone."""
+    torch.manual_seed(4)
+    rope = RotaryEmbedding(32, 64, 500000.0)
+    cos, sin = rope.lookup(torch.tensor([1, 9, 40]))
+    qkv = torch.randn(3, (5 + 2 + 2) * 32)
+    want_q = apply_rotary(qkv[:, : 5 * 32].reshape(3, 5, 32).clone(), cos, sin)
+    want_k = apply_rotary(qkv[:, 5 * 32 : 7 * 32].reshape(3, 2, 32).clone(), cos, sin)
+    v_before = qkv[:, 7 * 32 :].clone()
+    qk = qkv[:, : 7 * 32].view(3, 7, 32)
+    fused.rotary_(qk, cos, sin)
+    assert torch.allclose(qk[:, :5], want_q, atol=1e-6) and torch.allclose(qk[:, 5:], want_k, atol=1e-6)
+    assert torch.equal(qkv[:, 7 * 32 :], v_before)

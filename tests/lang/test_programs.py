@@ -145,8 +145,11 @@ def test_fork_join_gathers_child_variables_and_shares_the_prefix(target):
     for i, tip in enumerate(tips):
         assert f"Tip {i + 1}:{tip}\n" in state.text()
     metrics = state.get_meta_info()
-    kinds = [c["kind"] for c in metrics["calls"]]
-    assert kinds[0] == "cache_prefix" and kinds.count("gen") == 1  # the parent's own calls
+    own = [c["kind"] for c in metrics["calls"] if c["branch"] == ""]
+    assert own == ["cache_prefix", "gen"]  # the parent's prefix and its summary
+    tips_calls = [c for c in metrics["calls"] if c["branch"]]
+    assert [(c["branch"], c["kind"]) for c in tips_calls] == [("0", "gen"), ("1", "gen"), ("2", "gen")]
+    assert metrics["num_calls"] == 5 and metrics["completion_tokens"] == sum(c["completion_tokens"] for c in metrics["calls"])
     prefix_tokens = metrics["calls"][0]["prompt_tokens"]
     for child in state.ret_value:  # the runtime reports the shared prefix as cached in every branch
         assert child.get_meta_info("tip")["cached_tokens"] >= prefix_tokens - 1
@@ -341,3 +344,24 @@ def test_logprobs_are_returned_when_asked(target):
     assert all(isinstance(e[0], float) and e[0] <= 0.0 for e in entries)
     if target.backend.tokenizer is not None:
         assert all(isinstance(e[2], str) for e in entries)
+
+
+@sgl.function
+def nested_forks(s):
+    s += "Root."
+    outer = s.fork(2)
+    for branch in outer:
+        branch += "Outer." + sgl.gen("a", max_tokens=3)
+    inner = outer[1].fork(2)
+    for branch in inner:
+        branch += "Inner." + sgl.gen("b", max_tokens=3)
+    inner.join()
+    outer.join()
+    s += sgl.gen("end", max_tokens=2)
+
+
+def test_program_metrics_include_nested_forks_by_branch(target):
+    metrics = nested_forks.run(backend=target.backend, temperature=0).get_meta_info()
+    gens = sorted(c["branch"] for c in metrics["calls"] if c["kind"] == "gen")
+    assert gens == ["", "0", "1", "1.0", "1.1"]
+    assert metrics["prompt_tokens"] == sum(c["prompt_tokens"] for c in metrics["calls"])
