@@ -23,6 +23,17 @@ def _host_indptr(lengths: torch.Tensor) -> torch.Tensor:
     return indptr
 
 
+def graph_workspace_bytes(max_bs: int, layer: AttentionLayer) -> int:
+    """Float workspace a graph-mode decode plan of `max_bs` requests needs. In graph mode FlashInfer
+    always splits the KV and keeps float32 partial outputs and log-sum-exps for a padded grid of
+    query tiles (its scheduler.cuh, 0.6.8): heads x (ceil(bs x group / tile) + bs - 1) x tile rows of
+    head_dim + 1 floats. The 8B shape at 512 requests needs ~169 MB; 64 heads at 512, ~405 MB."""
+    group = layer.num_heads // layer.num_kv_heads
+    tile = 128 if group > 64 and layer.head_dim < 256 else (64 if group > 16 else 16)
+    tiles = -(-max_bs * group // tile) + max_bs - 1
+    return layer.num_heads * tiles * tile * (layer.head_dim + 1) * 4 + 16 * 2**20  # + alignment slack
+
+
 @register_attention_backend("flashinfer")
 class FlashInferAttention(BaseAttentionBackend):
     def __init__(self, device: torch.device | str = "cuda", **_unused):
@@ -96,6 +107,15 @@ class FlashInferAttention(BaseAttentionBackend):
         # graph mode); all of them read the same static index buffers, whose addresses the
         # captured kernels keep. Replays rewrite only their contents, in plan().
         self._graph_layer, self._graph_dtype = layer, dtype
+        need = graph_workspace_bytes(max_bs, layer)
+        if need > self.workspace.numel():  # big batches of many heads: every wrapper gets the larger one
+            import flashinfer
+
+            self.workspace = torch.zeros(need, dtype=torch.uint8, device=device)
+            self.eager_decode_wrapper = self.decode_wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+                self.workspace, "NHD", use_tensor_cores=True
+            )
+            self.prefill_wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD")
         self._graph_kv_indptr = torch.zeros(max_bs + 1, dtype=torch.int32, device=device)
         self._graph_kv_indices = torch.zeros(max_bs * max_context_len, dtype=torch.int32, device=device)
         self._graph_last_page_len = torch.ones(max_bs, dtype=torch.int32, device=device)

@@ -168,28 +168,35 @@ def choose_skinny_kernels(model: torch.nn.Module, timer=time_projection, eligibl
         key = tuple(layer.weight.shape)
         if key not in chosen:
             if not spun_up and layer.weight.is_cuda:
-                _spin_up(layer.weight.device)
+                _spin_up(layer.weight)
                 spun_up = True
-            wins = [_fastest(timer, "cublas", layer.weight, m) >= MIN_SPEEDUP * _fastest(timer, "skinny", layer.weight, m)
-                    for m in (1, MAX_M)]
+            wins = []
+            for m in (1, MAX_M):
+                cublas, skinny = _least_times(timer, layer.weight, m)
+                wins.append(cublas >= MIN_SPEEDUP * skinny)
             chosen[key] = MAX_M if all(wins) else (1 if wins[0] else 0)
         layer.skinny_max_m = chosen[key]
     return chosen
 
 
-def _fastest(timer, kind: str, weight: torch.Tensor, m: int, rounds: int = 3) -> float:
-    # the least of a few timings: interference and clock changes only ever add time
-    return min(timer(kind, weight, m) for _ in range(rounds))
+def _least_times(timer, weight: torch.Tensor, m: int, rounds: int = 3) -> tuple[float, float]:
+    """(cuBLAS, skinny) µs, each the least of `rounds` timings taken alternately: interference and
+    clock changes only ever add time, and alternating spreads any drift over both."""
+    cublas = skinny = float("inf")
+    for _ in range(rounds):
+        cublas = min(cublas, timer("cublas", weight, m))
+        skinny = min(skinny, timer("skinny", weight, m))
+    return cublas, skinny
 
 
-def _spin_up(device: torch.device, seconds: float = 0.3) -> None:
+def _spin_up(weight: torch.Tensor, seconds: float = 0.3) -> None:
     """Keep the GPU busy until its clocks settle before timing. On an H100, start-up once gave qkv
     (the first shape timed) to our kernel, which a later measurement of the same shapes showed 20%
     slower than cuBLAS there; batch-1 decode ran at 151.5 tok/s against 155.9 in an earlier run.
     Most likely the idle GPU's clocks had not settled. Timings now also take the least of 3 rounds."""
-    a = torch.randn(4096, 4096, dtype=torch.bfloat16, device=device)
+    a = torch.randn(4096, 4096, dtype=weight.dtype, device=weight.device)
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         for _ in range(20):
             a @ a
-        torch.cuda.synchronize(device)
+        torch.cuda.synchronize(weight.device)

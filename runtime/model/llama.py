@@ -42,8 +42,9 @@ class LlamaAttention(nn.Module):
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         num_tokens, heads = hidden.shape[0], self.num_heads
         qkv = self.qkv_proj(hidden)  # [T, (H + 2 KvH) D]: q heads, k heads, v heads
-        qk = qkv[:, : (heads + self.num_kv_heads) * self.head_dim].view(num_tokens, -1, self.head_dim)
-        v = qkv[:, qk.shape[1] * self.head_dim :].view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, KvH, D]
+        qk_heads = heads + self.num_kv_heads
+        qk = qkv[:, : qk_heads * self.head_dim].view(num_tokens, qk_heads, self.head_dim)
+        v = qkv[:, qk_heads * self.head_dim :].view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, KvH, D]
         if self.qk_norm:  # Qwen3 normalises each head before rotating, as HF does
             q, k = self.q_norm(qk[:, :heads]), self.k_norm(qk[:, heads:])
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
