@@ -5,6 +5,7 @@ benchmark of record (that is bench_gpu.py).
 
   syncs     host-device synchronisations during decode, by source line (overlap needs none)
   kernels   CUDA time per kernel name in one batch-1 decode step at 1k context (graphs on)
+  kernels_b320  the same for a decode step of 320 requests, contexts U[256, 1536] (offline's mean batch)
   gemv      each projection's M=1 matmul alone, as achieved bandwidth vs device copy bandwidth
   overlap   batch-1 decode tok/s with overlap scheduling on and off (same engine)
   json      JSON-schema decoding at batch 64 and 1: jump-forward on/off vs unconstrained
@@ -49,6 +50,32 @@ def kernels(engine):
     rows.sort(key=lambda r: -r[1])
     engine.flush_cache()
     return dict(us_per_step_total=round(sum(r[1] for r in rows), 1), top=rows[:25])
+
+
+def kernels_large_batch(engine, batch=320, steps=8):
+    """CUDA time per kernel in one decode step of the offline benchmark's typical batch: `batch`
+    requests with contexts uniform in [256, 1536] (the mean decode batch it measured, its context
+    spread). The prompts are run once first, so the profiled run prefills one token each from the
+    radix cache and then decodes `steps` steps: the table is decode work."""
+    import random
+
+    from torch.profiler import ProfilerActivity, profile
+
+    rng = random.Random(5)
+    prompts = [[rng.randint(100, 120000) for _ in range(rng.randint(256, 1536))] for _ in range(batch)]
+    params = {"max_new_tokens": 1, "temperature": 0, "ignore_eos": True}
+    engine.flush_cache()
+    engine.generate(input_ids=prompts, sampling_params=params)  # fills the radix cache
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        engine.generate(input_ids=prompts, sampling_params={**params, "max_new_tokens": steps + 1})
+    rows = []
+    for e in prof.key_averages():
+        total = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if total:
+            rows.append((e.key[:90], round(total / steps, 1), round(e.count / steps, 2)))
+    rows.sort(key=lambda r: -r[1])
+    engine.flush_cache()
+    return dict(batch=batch, us_per_step_total=round(sum(r[1] for r in rows), 1), top=rows[:25])
 
 
 def gemv(copy_tb_s):
@@ -251,12 +278,13 @@ def main() -> None:
         section("blas", blas_variants, copy_tb_s)
     if "phases" in wanted:
         section("phases", offline_phases, RESULTS["env"])
-    if not wanted & {"syncs", "kernels", "overlap", "json", "offline"}:
+    if not wanted & {"syncs", "kernels", "kernels_b320", "overlap", "json", "offline"}:
         return _write(args.out)
     from runtime import Engine
 
     engine = Engine(model_path=model_dir(tempfile.mkdtemp()), load_format="dummy")
-    for name, fn in (("syncs", syncs), ("kernels", kernels), ("overlap", overlap), ("json", json_variants), ("offline", offline_overlap)):
+    for name, fn in (("syncs", syncs), ("kernels", kernels), ("kernels_b320", kernels_large_batch), ("overlap", overlap),
+                     ("json", json_variants), ("offline", offline_overlap)):
         if name in wanted:
             section(name, fn, engine)
     engine.check_integrity()
