@@ -42,13 +42,18 @@ def kernels(engine):
     engine.generate(input_ids=ids, sampling_params=params)  # warm
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         engine.generate(input_ids=ids, sampling_params=params)
+    engine.flush_cache()
+    return _per_step_table(prof, steps)
+
+
+def _per_step_table(prof, steps: int) -> dict:
+    """CUDA µs per step and launches per step of each kernel name, the 25 costliest."""
     rows = []
     for e in prof.key_averages():
         total = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
         if total:
             rows.append((e.key[:90], round(total / steps, 1), round(e.count / steps, 2)))
     rows.sort(key=lambda r: -r[1])
-    engine.flush_cache()
     return dict(us_per_step_total=round(sum(r[1] for r in rows), 1), top=rows[:25])
 
 
@@ -68,14 +73,8 @@ def kernels_large_batch(engine, batch=320, steps=8):
     engine.generate(input_ids=prompts, sampling_params=params)  # fills the radix cache
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         engine.generate(input_ids=prompts, sampling_params={**params, "max_new_tokens": steps + 1})
-    rows = []
-    for e in prof.key_averages():
-        total = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-        if total:
-            rows.append((e.key[:90], round(total / steps, 1), round(e.count / steps, 2)))
-    rows.sort(key=lambda r: -r[1])
     engine.flush_cache()
-    return dict(batch=batch, us_per_step_total=round(sum(r[1] for r in rows), 1), top=rows[:25])
+    return dict(batch=batch, **_per_step_table(prof, steps))
 
 
 def gemv(copy_tb_s):
