@@ -43,7 +43,8 @@ def test_gpu_greedy_equals_hf(setup, variant):
 
 
 @pytest.mark.gpu
-def test_steady_decode_never_waits_for_the_gpu(setup):
+@pytest.mark.parametrize("backend", ["triton", "flashinfer"])
+def test_steady_decode_never_waits_for_the_gpu(setup, tiny_model_dir, backend):
     """Overlap scheduling only overlaps if the host never blocks on the device between steps: torch's
     sync debug mode raises on any synchronising call made while decode batches run (CUDA graphs,
     greedy and sampled rows, logprobs). Prefill steps may sync (prompt logprobs), so the check
@@ -53,7 +54,11 @@ def test_steady_decode_never_waits_for_the_gpu(setup):
     from tests.integration.engine_helpers import checked_engine
 
     path, prompts, _ = setup
-    with checked_engine(model_path=path, dtype="bfloat16", device="cuda") as engine:
+    if backend == "flashinfer":
+        pytest.importorskip("flashinfer")
+        # head_dim 128, a size FlashInfer's kernels are built for
+        path = tiny_model_dir("llama", hidden_size=512, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=1024)
+    with checked_engine(model_path=path, dtype="bfloat16", device="cuda", attention_backend=backend) as engine:
         sched = engine.scheduler
         errors, armed = [], threading.Event()
         launch_decode = sched._launch_decode
