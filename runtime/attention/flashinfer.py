@@ -37,17 +37,19 @@ def graph_workspace_bytes(max_bs: int, layer: AttentionLayer) -> int:
 @register_attention_backend("flashinfer")
 class FlashInferAttention(BaseAttentionBackend):
     def __init__(self, device: torch.device | str = "cuda", **_unused):
-        import flashinfer
-
-        self.workspace = torch.zeros(_WORKSPACE_BYTES, dtype=torch.uint8, device=device)
-        self.eager_decode_wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-            self.workspace, "NHD", use_tensor_cores=True
-        )
-        self.decode_wrapper = self.eager_decode_wrapper  # this step's: a graph wrapper on graph steps
-        self.prefill_wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD")
+        self._use_workspace(torch.zeros(_WORKSPACE_BYTES, dtype=torch.uint8, device=device))
         self._step = None  # (qo_indptr, kv_indptr, kv_indices, last_page_len, is_decode)
         self._planned = False
         self._plan_copied: dict[int, torch.cuda.Event] = {}  # wrapper id → its last plan's copies
+
+    def _use_workspace(self, workspace: torch.Tensor) -> None:
+        """(Re)build the eager wrappers on `workspace`, which graph wrappers share too."""
+        import flashinfer
+
+        self.workspace = workspace
+        self.eager_decode_wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", use_tensor_cores=True)
+        self.decode_wrapper = self.eager_decode_wrapper  # this step's: a graph wrapper on graph steps
+        self.prefill_wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
 
     def prepare(self, batch: ForwardBatch) -> None:
         total = int(batch.seq_lens_cpu.sum())
@@ -109,13 +111,7 @@ class FlashInferAttention(BaseAttentionBackend):
         self._graph_layer, self._graph_dtype = layer, dtype
         need = graph_workspace_bytes(max_bs, layer)
         if need > self.workspace.numel():  # big batches of many heads: every wrapper gets the larger one
-            import flashinfer
-
-            self.workspace = torch.zeros(need, dtype=torch.uint8, device=device)
-            self.eager_decode_wrapper = self.decode_wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-                self.workspace, "NHD", use_tensor_cores=True
-            )
-            self.prefill_wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD")
+            self._use_workspace(torch.zeros(need, dtype=torch.uint8, device=device))
         self._graph_kv_indptr = torch.zeros(max_bs + 1, dtype=torch.int32, device=device)
         self._graph_kv_indices = torch.zeros(max_bs * max_context_len, dtype=torch.int32, device=device)
         self._graph_last_page_len = torch.ones(max_bs, dtype=torch.int32, device=device)

@@ -39,11 +39,11 @@ def test_running_request_cap_follows_the_kv_pool(pool_tokens, expected):
 
 
 def test_engine_resolves_the_running_cap_and_sizes_its_request_table(tiny_model_dir):
-    from runtime import Engine
+    from tests.integration.engine_helpers import checked_engine
 
     path = tiny_model_dir("llama")
-    with Engine(model_path=path, dtype="float32", max_total_tokens=40 * 512) as engine:
+    with checked_engine(model_path=path, dtype="float32", max_total_tokens=40 * 512) as engine:
         assert engine.config.max_running_requests == 40  # what the scheduler and server read
         assert engine.runner.req_to_token_pool.req_to_token.shape[0] >= 40
-    with Engine(model_path=path, dtype="float32", max_total_tokens=40 * 512, max_running_requests=3) as engine:
+    with checked_engine(model_path=path, dtype="float32", max_total_tokens=40 * 512, max_running_requests=3) as engine:
         assert engine.config.max_running_requests == 3
