@@ -328,7 +328,7 @@ def main() -> None:
                                             new_segments_first_offline_run=RESULTS.get("_segments_during_offline"),
                                             steady_state_overlap_on=RESULTS.get("_steady_overlap_on"),
                                             steady_state_overlap_off=RESULTS.get("_steady_overlap_off"),
-                                            skinny_matmul=str(engine.runner.skinny_kernels),
+                                            matmul_routes={str(k): str(v) for k, v in engine.runner.matmul_routes.items()},
                                             allocated_gib=round(torch.cuda.memory_allocated() / 2**30, 1)))
         engine.check_integrity()
         engine.shutdown()

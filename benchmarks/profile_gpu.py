@@ -111,7 +111,8 @@ def blas_variants(copy_tb_s):
 
     import torch.nn.functional as F
 
-    from runtime.model.gemv import graph_time_us, skinny_matmul
+    from runtime.model.gemv import skinny_matmul
+    from runtime.model.matmul_choice import graph_time_us
 
     l2_bytes = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 * 2**20)
     shapes = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),

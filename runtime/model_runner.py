@@ -77,7 +77,7 @@ class ModelRunner:
         self.req_to_token_pool = ReqToTokenPool(
             self.max_running_requests + _SPARE_ROWS, self.context_len + 1, self.device
         )
-        self.skinny_kernels = self._choose_skinny_kernels()
+        self.matmul_routes = self._choose_matmul_routes()
         self.cuda_graph = self._maybe_capture_cuda_graphs()
         logger.info(
             "model %s on %s (%s), attention %s, KV pool %d tokens, context %d",
@@ -108,20 +108,20 @@ class ModelRunner:
             raise ValueError(f"the KV budget holds only {size} tokens; raise mem_fraction_static or kv_cache_bytes")
         return size
 
-    def _choose_skinny_kernels(self) -> dict:
-        """Decode projections: our Triton skinny matmul where it measures faster than cuBLAS."""
+    def _choose_matmul_routes(self) -> dict:
+        """Decode projections: our Triton vector / skinny kernels where they measure faster than cuBLAS."""
         import os
 
         if self.device.type != "cuda" or self.dtype == torch.float32 or os.environ.get("SGFLOW_DISABLE_FUSED") == "1":
             return {}
-        from runtime.model.gemv import choose_skinny_kernels
+        from runtime.model.matmul_choice import choose_matmul_routes
 
         try:
-            chosen = choose_skinny_kernels(self.model)
+            chosen = choose_matmul_routes(self.model)
         except Exception:  # a kernel that does not build here: cuBLAS everywhere
             logger.warning("skinny matmul unavailable; using cuBLAS", exc_info=True)
             return {}
-        logger.info("skinny matmul (rows it takes) per weight shape: %s", chosen)
+        logger.info("decode matmul per weight shape: %s", {k: str(v) for k, v in chosen.items()})
         return chosen
 
     def _maybe_capture_cuda_graphs(self):

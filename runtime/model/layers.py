@@ -103,8 +103,9 @@ class RMSNorm(nn.Module):
 class Linear(nn.Module):
     """y = x @ weight.T (+ bias); weight [output_size, input_size], HF's layout.
 
-    Inputs of at most `skinny_max_m` rows (decode) go to our Triton skinny matmul instead of cuBLAS;
-    it is 0 (off) unless the start-up measurement found Triton faster for this shape (gemv.py)."""
+    Decode batches may go to our Triton kernels instead of cuBLAS (gemv.py): one row to the vector
+    kernel when `vector_config` is set, 2..`skinny_max_m` rows to the skinny matmul. Both are off
+    unless the start-up measurement found them faster for this shape (matmul_choice.py)."""
 
     def __init__(self, input_size: int, output_size: int, bias: bool = False):
         super().__init__()
@@ -112,13 +113,16 @@ class Linear(nn.Module):
         self.output_size = output_size
         self.weight = nn.Parameter(torch.empty(output_size, input_size))
         self.bias = nn.Parameter(torch.empty(output_size)) if bias else None
+        self.vector_config = None
         self.skinny_max_m = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if 0 < x.shape[0] <= self.skinny_max_m and x.dim() == 2 and x.stride(1) == 1:
-            from runtime.model.gemv import skinny_matmul
+        rows = x.shape[0]
+        vector = rows == 1 and self.vector_config is not None
+        if (vector or 1 < rows <= self.skinny_max_m) and x.dim() == 2 and x.stride(1) == 1:
+            from runtime.model import gemv
 
-            y = skinny_matmul(x, self.weight)
+            y = gemv.vector_matmul(x, self.weight, self.vector_config) if vector else gemv.skinny_matmul(x, self.weight)
             return y if self.bias is None else y + self.bias
         return F.linear(x, self.weight, self.bias)
 

@@ -132,5 +132,7 @@ class LlamaForCausalLM(nn.Module):
         return self.model.layers[0].self_attn.layer
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, hidden] → logits [N, vocab] float32."""
+        """hidden [N, hidden] → logits [N, vocab] float32 (rounded to the model dtype first, as HF's are)."""
+        if isinstance(self.lm_head, Linear):  # may route batch 1 to the vector kernel (gemv.py)
+            return self.lm_head(hidden).float()
         return torch.nn.functional.linear(hidden, self.lm_head.weight).float()

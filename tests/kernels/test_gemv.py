@@ -1,5 +1,5 @@
-"""The Triton skinny matmul under TRITON_INTERPRET=1 against torch, and the start-up choice that
-routes a Linear to it only where it measured faster."""
+"""The Triton vector and skinny matmuls under TRITON_INTERPRET=1 against torch, and the start-up
+choice that routes a Linear to them only where they measured faster."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from runtime.model.gemv import MAX_M, GemvConfig, choose_skinny_kernels, skinny_matmul  # noqa: E402
+from runtime.model.gemv import MAX_M, GemvConfig, VectorConfig, skinny_matmul, vector_matmul  # noqa: E402
 from runtime.model.layers import Linear  # noqa: E402
+from runtime.model.matmul_choice import MIN_SPEEDUP_VECTOR, Route, choose_matmul_routes  # noqa: E402
 
 SMALL = GemvConfig(block_n=16, block_k=32)
+SMALL_VECTOR = VectorConfig(block_n=8, block_k=32)
 
 
 @pytest.mark.parametrize("m, n, k", [(1, 40, 96), (3, 33, 64), (MAX_M, 64, 128), (2, 16, 100)])
@@ -38,34 +40,58 @@ def test_bad_shapes_are_refused(x_shape, words):
     assert all(w in str(err.value) for w in words)
 
 
+@pytest.mark.parametrize("n, k", [(40, 96), (33, 100), (16, 32), (7, 200)])
+def test_vector_kernel_matches_torch_linear(n, k):
+    gen = torch.Generator().manual_seed(n + k)
+    w, x = torch.randn(n, k, generator=gen), torch.randn(1, k, generator=gen)
+    torch.testing.assert_close(vector_matmul(x, w, SMALL_VECTOR), F.linear(x, w), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(skinny_matmul(x, w, config=SMALL), F.linear(x, w), atol=1e-4, rtol=1e-4)
+
+
+def test_vector_kernel_refuses_more_than_one_row():
+    with pytest.raises(ValueError, match=r"\(1, 32\)"):
+        vector_matmul(torch.zeros(2, 32), torch.zeros(16, 32))
+
+
 class _Model(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.a, self.b, self.c = Linear(32, 16), Linear(32, 16), Linear(64, 16)
 
 
+FAST, SLOW = VectorConfig(block_n=16, block_k=64), VectorConfig(block_n=8, block_k=32)
+
+
 def test_choice_follows_the_measurement_per_shape():
     model = _Model()
 
-    def timer(kind, weight, m):  # Triton wins on the 16x32 weight at both M; on 16x64 only at M=1
+    def timer(kind, weight, m):
+        # 16x32: the FAST vector shape wins at M=1, skinny wins at 16. 16x64: cuBLAS wins both.
         if tuple(weight.shape) == (16, 32):
-            return {"cublas": 2.0, "skinny": 1.0}[kind]
-        return {"cublas": 2.0, "skinny": 1.0 if m == 1 else 3.0}[kind]
+            return {"cublas": 2.0, "skinny": 1.0, FAST: 1.0, SLOW: 1.5}[kind]
+        return {"cublas": 1.0, "skinny": 3.0, FAST: 2.0, SLOW: 2.0}[kind]
 
-    chosen = choose_skinny_kernels(model, timer=timer, eligible=lambda w: True)
-    assert chosen == {(16, 32): MAX_M, (16, 64): 1}
-    assert (model.a.skinny_max_m, model.b.skinny_max_m, model.c.skinny_max_m) == (MAX_M, MAX_M, 1)
+    chosen = choose_matmul_routes(model, timer=timer, eligible=lambda w: True, vector_candidates=(SLOW, FAST))
+    assert chosen == {(16, 32): Route(FAST, MAX_M), (16, 64): Route(None, 0)}
+    assert (model.a.vector_config, model.b.vector_config, model.c.vector_config) == (FAST, FAST, None)
+    assert (model.a.skinny_max_m, model.c.skinny_max_m) == (MAX_M, 0)
+    assert "vector 16x64" in str(chosen[(16, 32)]) and str(chosen[(16, 64)]) == "M=1 cublas"
 
 
 def test_a_tie_within_noise_keeps_cublas_and_float32_cpu_weights_are_never_timed():
     model = _Model()
-    assert choose_skinny_kernels(model, timer=lambda kind, w, m: 1.0, eligible=lambda w: True) == {(16, 32): 0, (16, 64): 0}
+
+    def timer(kind, weight, m):  # ours faster, but by less than the bar
+        return 1.0 if kind == "cublas" else 1.0 / (MIN_SPEEDUP_VECTOR * 0.99)
+
+    chosen = choose_matmul_routes(model, timer=timer, eligible=lambda w: True, vector_candidates=(FAST,))
+    assert chosen == {(16, 32): Route(), (16, 64): Route()}
     untimed = _Model()
-    assert choose_skinny_kernels(untimed, timer=lambda *a: pytest.fail("timed a CPU weight")) == {}
-    assert untimed.a.skinny_max_m == 0
+    assert choose_matmul_routes(untimed, timer=lambda *a: pytest.fail("timed a CPU weight")) == {}
+    assert untimed.a.skinny_max_m == 0 and untimed.a.vector_config is None
 
 
-def test_linear_routes_small_batches_through_the_skinny_kernel(monkeypatch):
+def test_linear_routes_decode_rows_to_the_chosen_kernel(monkeypatch):
     import runtime.model.gemv as gemv
 
     layer = Linear(32, 16, bias=True)
@@ -73,10 +99,15 @@ def test_linear_routes_small_batches_through_the_skinny_kernel(monkeypatch):
         for p in layer.parameters():
             p.normal_()
     calls = []
-    real = gemv.skinny_matmul
-    monkeypatch.setattr(gemv, "skinny_matmul", lambda x, w, **kw: calls.append(x.shape[0]) or real(x, w, config=SMALL))
-    layer.skinny_max_m = 4
+    real_skinny, real_vector = gemv.skinny_matmul, gemv.vector_matmul
+    monkeypatch.setattr(gemv, "skinny_matmul", lambda x, w, **kw: calls.append(("skinny", x.shape[0])) or real_skinny(x, w, config=SMALL))
+    monkeypatch.setattr(gemv, "vector_matmul", lambda x, w, c: calls.append(("vector", c)) or real_vector(x, w, SMALL_VECTOR))
+    layer.skinny_max_m, layer.vector_config = 4, FAST
     for m in (1, 4, 5):
         x = torch.randn(m, 32)
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-4, rtol=1e-4)
-    assert calls == [1, 4]  # 5 rows: cuBLAS
+    assert calls == [("vector", FAST), ("skinny", 4)]  # 5 rows: cuBLAS
+    calls.clear()
+    layer.vector_config = None  # start-up found cuBLAS faster at one row: the skinny route does not take it
+    layer(torch.randn(1, 32))
+    assert calls == []

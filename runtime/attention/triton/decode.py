@@ -23,6 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime import pdl
+from runtime.pdl import gdc_launch_dependents, gdc_wait
+
 LOG2_E = 1.4426950408889634
 MIN_DOT_ROWS = 16  # tl.dot needs at least 16 rows on the tensor cores
 
@@ -43,8 +46,11 @@ def _decode_split_kernel(
     stride_q_b, stride_q_h, stride_buffer_s, stride_buffer_h,
     stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # see runtime/pdl.py
+        gdc_launch_dependents()
+        gdc_wait()
     batch = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -102,8 +108,11 @@ def _decode_split_kernel(
 def _decode_merge_kernel(
     mid_o_ptr, mid_lse_ptr, o_ptr, num_splits,
     stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h, stride_o_b, stride_o_h,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     batch = tl.program_id(0)
     head = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -164,6 +173,7 @@ def decode_attention(
     mid_o = torch.empty((batch_size, num_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
     mid_lse = torch.empty((batch_size, num_heads, num_splits), dtype=torch.float32, device=q.device)
     mid_strides = (mid_o.stride(0), mid_o.stride(1), mid_lse.stride(0), mid_lse.stride(1))
+    use_pdl, launch_pdl = pdl.enabled(q.device), pdl.launch_kwargs(q.device)
     _decode_split_kernel[(batch_size, num_kv_heads, num_splits)](
         q, k_buffer, v_buffer, kv_indptr, kv_indices, mid_o, mid_lse,
         scaling * LOG2_E,
@@ -171,11 +181,12 @@ def decode_attention(
         *mid_strides,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_H=max(MIN_DOT_ROWS, triton.next_power_of_2(group)),
         BLOCK_D=block_d, BLOCK_N=config.block_n, DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        num_warps=config.num_warps, num_stages=config.num_stages, PDL=use_pdl, **launch_pdl,
     )
     _decode_merge_kernel[(batch_size, num_heads)](
         mid_o, mid_lse, out, num_splits,
         *mid_strides, out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(num_splits),
+        PDL=use_pdl, **launch_pdl,
     )
     return out

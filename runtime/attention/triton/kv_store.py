@@ -8,6 +8,9 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime import pdl
+from runtime.pdl import gdc_launch_dependents, gdc_wait
+
 
 def is_interpreting() -> bool:
     """True when Triton kernels run in its CPU interpreter (TRITON_INTERPRET=1)."""
@@ -24,8 +27,12 @@ def _store_kv_kernel(
     k_ptr, v_ptr, k_buffer_ptr, v_buffer_ptr, loc_ptr,
     stride_k_t, stride_k_h, stride_v_t, stride_v_h, stride_buffer_s, stride_buffer_h,
     NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     # One program per token: copies its [num_kv_heads, head_dim] K and V rows to the token's slot.
+    if PDL:  # see runtime/pdl.py
+        gdc_launch_dependents()
+        gdc_wait()
     token = tl.program_id(0).to(tl.int64)
     # NOTE: slot * stride can pass 2**31 in a large pool, so offsets are int64.
     slot = tl.load(loc_ptr + token).to(tl.int64)
@@ -68,4 +75,5 @@ def store_kv(
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_buffer.stride(0), k_buffer.stride(1),
         NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
         BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
+        PDL=pdl.enabled(k.device), **pdl.launch_kwargs(k.device),
     )

@@ -1,0 +1,148 @@
+"""Which kernel multiplies each decode projection: cuBLAS or our kernels in gemv.py, chosen at
+start-up by timing them on the loaded model's weight shapes, on this card.
+
+- M = 1 (batch-1 decode): cuBLAS against the vector kernel in each of a few launch shapes. On an
+  H200 the best shape differed by projection (o_proj and down_proj liked 1,024-wide K tiles, qkv
+  512) and the wrong one cost up to 30%, so the choice is per shape, not one global config.
+- 2 <= M <= 16: cuBLAS against the skinny kernel.
+
+A kernel is used only where it wins by a margin, since a win inside the noise of the timing is no
+win. The timing cycles through enough copies of the weight to overflow L2, as in the model where every
+weight streams from HBM, and with PDL on consecutive products overlap as in the model too.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from runtime.model.gemv import MAX_M, GemvConfig, VectorConfig, skinny_matmul, vector_matmul
+
+# the skinny kernel's launch shape, the best measured in benchmarks/bench_gemv.py on an H200
+SKINNY_CONFIG = GemvConfig(block_n=32, block_k=256, num_warps=4, num_stages=3)
+# the vector kernel's launch shapes tried; each was the best for some projection in bench_pdl.py
+VECTOR_CANDIDATES = (
+    VectorConfig(block_n=16, block_k=512, num_warps=4, num_stages=3),
+    VectorConfig(block_n=16, block_k=1024, num_warps=4, num_stages=2),
+    VectorConfig(block_n=16, block_k=512, num_warps=8, num_stages=3),
+    VectorConfig(block_n=8, block_k=1024, num_warps=4, num_stages=2),
+)
+# Below these the win is within run-to-run noise: keep cuBLAS. The skinny kernel's bar is higher:
+# on the H200 qkv measured 1.08x faster alone but batch-1 decode was not faster end to end.
+MIN_SPEEDUP_VECTOR = 1.03
+MIN_SPEEDUP = 1.10
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one Linear multiplies decode batches."""
+
+    vector: VectorConfig | None = None  # M = 1: the vector kernel in this launch shape; None: cuBLAS
+    skinny_max_m: int = 0  # 2 <= M <= this: the skinny kernel; 0: cuBLAS
+
+    def __str__(self) -> str:
+        m1 = "cublas" if self.vector is None else (
+            f"vector {self.vector.block_n}x{self.vector.block_k}/w{self.vector.num_warps}/s{self.vector.num_stages}")
+        return f"M=1 {m1}, M<={self.skinny_max_m} skinny" if self.skinny_max_m else f"M=1 {m1}"
+
+
+def graph_time_us(fn, reps: int = 10, iters: int = 10) -> float:
+    """Median time of fn captured reps times in one CUDA graph (launch cost excluded)."""
+    for _ in range(2):
+        fn()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / reps)
+    return statistics.median(times)
+
+
+def time_projection(kind, weight: torch.Tensor, m: int) -> float:
+    """µs of one [m, K] x weight^T product, in a CUDA graph. `kind`: "cublas", "skinny" (the skinny
+    kernel) or a VectorConfig (the vector kernel, m = 1).
+
+    In the model every weight streams from HBM; a shape that fits in L2 would time at cache speed if
+    repeated. So the graph cycles through enough copies of the weight to overflow L2 several times."""
+    l2_bytes = getattr(torch.cuda.get_device_properties(weight.device), "L2_cache_size", 64 * 2**20)
+    copies = max(2, min(16, -(-4 * l2_bytes // (weight.numel() * weight.element_size()))))
+    weights = [weight.clone() for _ in range(copies)]
+    x = torch.randn(m, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    if kind == "cublas":
+        calls = [lambda w=w: F.linear(x, w) for w in weights]
+    elif kind == "skinny":
+        calls = [lambda w=w: skinny_matmul(x, w, config=SKINNY_CONFIG) for w in weights]
+    else:
+        calls = [lambda w=w: vector_matmul(x, w, kind) for w in weights]
+
+    def run_all():
+        for call in calls:
+            call()
+
+    return graph_time_us(run_all, reps=1) / copies
+
+
+def _half_on_cuda(weight: torch.Tensor) -> bool:
+    # tl.dot would round float32 to tf32: float32 models stay on cuBLAS
+    return weight.is_cuda and weight.dtype in (torch.float16, torch.bfloat16) and weight.stride(1) == 1
+
+
+def choose_matmul_routes(
+    model: torch.nn.Module, timer=time_projection, eligible=_half_on_cuda, vector_candidates=VECTOR_CANDIDATES
+) -> dict:
+    """Time cuBLAS and our kernels on each distinct Linear weight shape at M = 1 and M = MAX_M and
+    set `vector_config` and `skinny_max_m` on every Linear of that shape. Returns {(N, K): Route}."""
+    from runtime.model.layers import Linear
+
+    chosen: dict[tuple[int, int], Route] = {}
+    spun_up = False
+    for layer in model.modules():
+        if not isinstance(layer, Linear) or not eligible(layer.weight):
+            continue
+        key = tuple(layer.weight.shape)
+        if key not in chosen:
+            if not spun_up and layer.weight.is_cuda:
+                _spin_up(layer.weight)
+                spun_up = True
+            m1 = _least_times(timer, layer.weight, 1, ["cublas", *vector_candidates])
+            best = min(vector_candidates, key=lambda c: m1[c], default=None)
+            vector = best if best is not None and m1["cublas"] >= MIN_SPEEDUP_VECTOR * m1[best] else None
+            m16 = _least_times(timer, layer.weight, MAX_M, ["cublas", "skinny"])
+            chosen[key] = Route(vector, MAX_M if m16["cublas"] >= MIN_SPEEDUP * m16["skinny"] else 0)
+        layer.vector_config = chosen[key].vector
+        layer.skinny_max_m = chosen[key].skinny_max_m
+    return chosen
+
+
+def _least_times(timer, weight: torch.Tensor, m: int, kinds: list, rounds: int = 3) -> dict:
+    """{kind: µs}, each the least of `rounds` timings taken in turn: interference and clock changes
+    only ever add time, and taking turns spreads any drift over all kinds."""
+    best = {kind: float("inf") for kind in kinds}
+    for _ in range(rounds):
+        for kind in kinds:
+            best[kind] = min(best[kind], timer(kind, weight, m))
+    return best
+
+
+def _spin_up(weight: torch.Tensor, seconds: float = 0.3) -> None:
+    """Keep the GPU busy until its clocks settle before timing. On an H100, start-up once gave qkv
+    (the first shape timed) to our kernel, which a later measurement of the same shapes showed 20%
+    slower than cuBLAS there; batch-1 decode ran at 151.5 tok/s against 155.9 in an earlier run.
+    Most likely the idle GPU's clocks had not settled. Timings now also take the least of 3 rounds."""
+    a = torch.randn(4096, 4096, dtype=weight.dtype, device=weight.device)
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize(weight.device)
