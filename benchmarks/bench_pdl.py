@@ -28,7 +28,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from runtime import pdl  # noqa: E402
-from runtime.model.gemv import VectorConfig, vector_matmul  # noqa: E402
+from runtime.model.matvec import VectorConfig, vector_matmul  # noqa: E402
 from runtime.model.matmul_choice import graph_time_us  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),

@@ -5,13 +5,10 @@ memory. cuBLAS reaches 94% of copy bandwidth on the big MLP weights of a Llama-3
 71-80% on o_proj and qkv (H100, benchmarks/RESULTS.md): a 32 MB weight streams in ~11 µs, and the
 kernel's ramp-up, its drain and the small kernels between two products leave memory idle.
 
-- M = 1 (`_vector_kernel`): each program owns BLOCK_N rows of W and streams them once over all of K,
-  multiplying on the CUDA cores. With programmatic dependent launch (runtime/pdl.py) it is launched
-  while the kernel before it still runs and lets the next one launch as soon as its loop is done,
-  so no launch gap separates two products. (Asking L2 to prefetch the first part of the rows before
-  waiting for x was tried too: on an H200 it made every projection 2-15% slower.)
-- 2 <= M <= 16 (`_skinny_matmul_kernel`): the same walk over W with a tensor-core dot per K tile
-  (x tile [16, BLOCK_K] · W tile^T [BLOCK_K, BLOCK_N], rows past M masked).
+- M = 1: the matrix-vector kernel of runtime/model/matvec.py.
+- 2 <= M <= 16 (`_skinny_matmul_kernel`): each program owns BLOCK_N rows of W and streams them once
+  over all of K, with a tensor-core dot per K tile (x tile [16, BLOCK_K] · W tile^T
+  [BLOCK_K, BLOCK_N], rows past M masked).
 
 Whether either beats cuBLAS depends on the shape and the card, so start-up times them on each
 projection of the loaded model and routes a Linear here only where it measured faster
@@ -29,8 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime import pdl
-from runtime.pdl import gdc_launch_dependents, gdc_wait
+from runtime.model.matvec import vector_matmul
 
 MAX_M = 16
 
@@ -41,60 +37,6 @@ class GemvConfig:
     block_k: int = 512
     num_warps: int = 4
     num_stages: int = 4
-
-
-@dataclass(frozen=True)
-class VectorConfig:
-    """Launch shape of the M = 1 kernel."""
-
-    block_n: int = 16
-    block_k: int = 512
-    num_warps: int = 4
-    num_stages: int = 3
-
-
-@triton.jit
-def _vector_kernel(
-    x_ptr, w_ptr, y_ptr, N, K, stride_wn,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr,
-):
-    if PDL:  # x is the previous kernel's output (see runtime/pdl.py)
-        gdc_wait()
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_n = offs_n < N
-    w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
-    # products accumulate per (row, lane) and are summed once at the end, not per tile
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + offs_k
-        if EVEN_K:
-            w = tl.load(w_rows + k[None, :], mask=mask_n[:, None], other=0.0)
-            x = tl.load(x_ptr + k)
-        else:
-            mask_k = k < K
-            w = tl.load(w_rows + k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-            x = tl.load(x_ptr + k, mask=mask_k, other=0.0)
-        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-    if PDL:
-        gdc_launch_dependents()  # after the loop, so the next product's loads don't compete with ours
-    tl.store(y_ptr + offs_n, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=mask_n)
-
-
-def vector_matmul(x: torch.Tensor, weight: torch.Tensor, config: VectorConfig = VectorConfig()) -> torch.Tensor:
-    """x [1, K] @ weight [N, K]^T → [1, N] in weight's dtype (float32 accumulation)."""
-    n, k = weight.shape
-    if x.shape != (1, k):
-        raise ValueError(f"vector_matmul takes x of shape (1, {k}), got {tuple(x.shape)}")
-    if x.stride(1) != 1 or weight.stride(1) != 1:
-        raise ValueError("vector_matmul needs contiguous rows")
-    y = torch.empty(1, n, dtype=weight.dtype, device=x.device)
-    _vector_kernel[(triton.cdiv(n, config.block_n),)](
-        x, weight, y, n, k, weight.stride(0),
-        BLOCK_N=config.block_n, BLOCK_K=config.block_k, EVEN_K=k % config.block_k == 0, PDL=pdl.enabled(x.device),
-        num_warps=config.num_warps, num_stages=config.num_stages, **pdl.launch_kwargs(x.device),
-    )
-    return y
 
 
 @triton.jit

@@ -8,6 +8,8 @@ directly on its device in its dtype and then fills every parameter (from a check
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -116,15 +118,43 @@ class Linear(nn.Module):
         self.vector_config = None
         self.skinny_max_m = 0
 
+    def takes_one_row(self, x: torch.Tensor) -> bool:
+        """Whether x goes to the vector kernel, which can also fuse the op before it (matvec.py)."""
+        return x.shape[0] == 1 and self.vector_config is not None and x.dim() == 2 and x.stride(-1) == 1
+
+    def forward_silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """self(silu(gate) * up) for [1, 2 * input_size] gate|up, in one kernel (takes_one_row only)."""
+        from runtime.model.matvec import vector_matmul
+
+        y = vector_matmul(gate_up, self.weight, self.vector_config, silu_mul=True)
+        return y if self.bias is None else y + self.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[0]
         vector = rows == 1 and self.vector_config is not None
         if (vector or 1 < rows <= self.skinny_max_m) and x.dim() == 2 and x.stride(1) == 1:
-            from runtime.model import gemv
+            from runtime.model import gemv, matvec
 
-            y = gemv.vector_matmul(x, self.weight, self.vector_config) if vector else gemv.skinny_matmul(x, self.weight)
+            y = matvec.vector_matmul(x, self.weight, self.vector_config) if vector else gemv.skinny_matmul(x, self.weight)
             return y if self.bias is None else y + self.bias
         return F.linear(x, self.weight, self.bias)
+
+
+def norm_then_linear(
+    norm: RMSNorm, linear: Linear, x: torch.Tensor, residual: Optional[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-norm in front of a projection: (linear(norm(x + residual)), x + residual), or without a
+    residual (the first layer) (linear(norm(x)), x). One kernel where the vector kernel takes x."""
+    if linear.takes_one_row(x) and (residual is None or residual.stride(-1) == 1):
+        from runtime.model.matvec import vector_matmul
+
+        y, residual = vector_matmul(x, linear.weight, linear.vector_config, norm_weight=norm.weight, eps=norm.eps,
+                                    residual=residual)
+        return (y if linear.bias is None else y + linear.bias), residual
+    if residual is None:
+        return linear(norm(x)), x
+    normed, residual = norm.forward_with_residual(x, residual)
+    return linear(normed), residual
 
 
 class MergedLinear(Linear):
@@ -172,7 +202,12 @@ class GatedMLP(nn.Module):
         self.down_proj = Linear(intermediate_size, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = self.gate_up_proj(x)  # [T, 2I]
+        return self.down(self.gate_up_proj(x))
+
+    def down(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """down(silu(gate) * up) from the gate_up projection's output [T, 2I]."""
+        if self.down_proj.takes_one_row(gate_up):  # silu·mul inside the down projection's kernel
+            return self.down_proj.forward_silu_mul(gate_up)
         fused = fused_kernels(gate_up)
         if fused is not None:
             return self.down_proj(fused.silu_and_mul(gate_up))  # [T, hidden]

@@ -18,7 +18,7 @@ from torch import nn
 from runtime.attention.base import AttentionLayer, BaseAttentionBackend
 from runtime.forward_batch import ForwardBatch
 from runtime.model.config import ModelConfig
-from runtime.model.layers import Embedding, GatedMLP, Linear, MergedLinear, RMSNorm
+from runtime.model.layers import Embedding, GatedMLP, Linear, MergedLinear, RMSNorm, norm_then_linear
 from runtime.model.registry import register_model
 from runtime.model.rotary import RotaryEmbedding, apply_rotary
 
@@ -40,8 +40,12 @@ class LlamaAttention(nn.Module):
         self.attn_backend = attn_backend
 
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        num_tokens, heads = hidden.shape[0], self.num_heads
-        qkv = self.qkv_proj(hidden)  # [T, (H + 2 KvH) D]: q heads, k heads, v heads
+        return self.attend(self.qkv_proj(hidden), cos, sin, batch)
+
+    def attend(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """From the qkv projection's output [T, (H + 2 KvH) D] (q heads, k heads, v heads): rotary,
+        the KV write and attention, then o_proj → [T, hidden]."""
+        num_tokens, heads = qkv.shape[0], self.num_heads
         qk_heads = heads + self.num_kv_heads
         qk = qkv[:, : qk_heads * self.head_dim].view(num_tokens, qk_heads, self.head_dim)
         v = qkv[:, qk_heads * self.head_dim :].view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, KvH, D]
@@ -72,14 +76,13 @@ class LlamaDecoderLayer(nn.Module):
         batch: ForwardBatch,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (this layer's MLP output, the residual stream before it): the next layer (or the
-        final norm) adds them, so each add is fused with the norm that follows it."""
-        if residual is None:
-            residual, hidden = hidden, self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm.forward_with_residual(hidden, residual)
-        hidden = self.self_attn(hidden, cos, sin, batch)
-        hidden, residual = self.post_attention_layernorm.forward_with_residual(hidden, residual)
-        return self.mlp(hidden), residual
+        final norm) adds them, so each add is fused with the norm that follows it, and where the
+        projection after the norm runs on the vector kernel, with that projection too."""
+        attn = self.self_attn
+        qkv, residual = norm_then_linear(self.input_layernorm, attn.qkv_proj, hidden, residual)
+        hidden = attn.attend(qkv, cos, sin, batch)
+        gate_up, residual = norm_then_linear(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden, residual)
+        return self.mlp.down(gate_up), residual
 
 
 class LlamaModel(nn.Module):

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from runtime.model.gemv import MAX_M, GemvConfig, VectorConfig, skinny_matmul, vector_matmul
+from runtime.model.gemv import MAX_M, GemvConfig, skinny_matmul
+from runtime.model.matvec import VectorConfig, vector_matmul
 
 # the skinny kernel's launch shape, the best measured in benchmarks/bench_gemv.py on an H200
 SKINNY_CONFIG = GemvConfig(block_n=32, block_k=256, num_warps=4, num_stages=3)

@@ -11,7 +11,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from runtime.model.gemv import MAX_M, GemvConfig, VectorConfig, skinny_matmul, vector_matmul  # noqa: E402
+from runtime.model.gemv import MAX_M, GemvConfig, skinny_matmul
+from runtime.model.matvec import VectorConfig, vector_matmul  # noqa: E402
 from runtime.model.layers import Linear  # noqa: E402
 from runtime.model.matmul_choice import MIN_SPEEDUP_VECTOR, Route, choose_matmul_routes  # noqa: E402
 
@@ -93,15 +94,16 @@ def test_a_tie_within_noise_keeps_cublas_and_float32_cpu_weights_are_never_timed
 
 def test_linear_routes_decode_rows_to_the_chosen_kernel(monkeypatch):
     import runtime.model.gemv as gemv
+    import runtime.model.matvec as matvec
 
     layer = Linear(32, 16, bias=True)
     with torch.no_grad():
         for p in layer.parameters():
             p.normal_()
     calls = []
-    real_skinny, real_vector = gemv.skinny_matmul, gemv.vector_matmul
+    real_skinny, real_vector = gemv.skinny_matmul, matvec.vector_matmul
     monkeypatch.setattr(gemv, "skinny_matmul", lambda x, w, **kw: calls.append(("skinny", x.shape[0])) or real_skinny(x, w, config=SMALL))
-    monkeypatch.setattr(gemv, "vector_matmul", lambda x, w, c: calls.append(("vector", c)) or real_vector(x, w, SMALL_VECTOR))
+    monkeypatch.setattr(matvec, "vector_matmul", lambda x, w, c: calls.append(("vector", c)) or real_vector(x, w, SMALL_VECTOR))
     layer.skinny_max_m, layer.vector_config = 4, FAST
     for m in (1, 4, 5):
         x = torch.randn(m, 32)

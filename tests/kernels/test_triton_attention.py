@@ -193,6 +193,21 @@ def test_decode_with_more_splits_than_kv_tiles_leaves_no_gaps():
     assert_close(actual, expected, torch.float32)
 
 
+def test_flat_index_form_and_table_form_agree():
+    # the backend reads the req→token table; benchmarks and tools pass kv_indptr / kv_indices
+    from runtime.attention.triton.decode import decode_attention, decode_attention_table
+
+    batch, gen = decode_batch([3, 21, 40], 2, 32, torch.float32)
+    pool = batch.kv_pool
+    q = torch.randn(3, 4, 32, generator=gen).to(DEVICE)
+    kv_indptr, kv_indices = gather_kv_indices(batch.req_to_token, batch.req_pool_indices, batch.seq_lens, 64)
+    flat = decode_attention(q, pool.k_buffers[1], pool.v_buffers[1], kv_indptr, kv_indices, 0.2, 3, config=SMALL_DECODE)
+    table = batch.req_to_token
+    paged = decode_attention_table(q, pool.k_buffers[1], pool.v_buffers[1], table, batch.req_pool_indices,
+                                   table.stride(0), batch.seq_lens, 0.2, 3, config=SMALL_DECODE)
+    torch.testing.assert_close(flat, paged, atol=1e-6, rtol=1e-6)
+
+
 def test_decode_with_automatic_split_count():
     batch, gen = decode_batch([5, 40, 28], 2, 32, torch.float32)
     actual, expected, _, _ = run_both(batch, gen, 8, TritonAttention(decode_config=SMALL_DECODE), torch.float32)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from runtime.attention.base import AttentionLayer, BaseAttentionBackend, register_attention_backend
-from runtime.attention.triton.decode import DecodeConfig, choose_num_splits, decode_attention
+from runtime.attention.triton.decode import DecodeConfig, choose_num_splits, decode_attention_table
 from runtime.attention.triton.extend import ExtendConfig, extend_attention
 from runtime.attention.triton.kv_store import can_launch_on, store_kv
 from runtime.forward_batch import ForwardBatch
@@ -18,11 +18,12 @@ DEFAULT_EXTEND_CONFIG = ExtendConfig()
 
 @dataclass(frozen=True)
 class TritonMetadata:
-    """One step's metadata, built by prepare(); FlashInfer's names."""
+    """One step's metadata, built by prepare(); FlashInfer's names. Decode steps need only the
+    lengths: their kernel reads the req→token table, so the index tensors are None."""
 
-    qo_indptr: torch.Tensor  # [B+1] int32 offsets of each request's new tokens in q
-    kv_indptr: torch.Tensor  # [B+1] int32 offsets of each request's slots in kv_indices
-    kv_indices: torch.Tensor  # [sum(seq_lens)] int32 KV slots, request after request, in order
+    qo_indptr: torch.Tensor | None  # [B+1] int32 offsets of each request's new tokens in q
+    kv_indptr: torch.Tensor | None  # [B+1] int32 offsets of each request's slots in kv_indices
+    kv_indices: torch.Tensor | None  # [sum(seq_lens)] int32 KV slots, request after request, in order
     max_seq_len: int
     max_extend_len: int
 
@@ -81,15 +82,15 @@ class TritonAttention(BaseAttentionBackend):
         if not can_launch_on(device):
             raise RuntimeError("the triton attention backend needs CUDA tensors or TRITON_INTERPRET=1 on CPU")
         seq_lens_cpu = batch.seq_lens_cpu
+        max_seq_len = int(seq_lens_cpu.max()) if batch.batch_size else 0
+        if batch.is_decode:  # decode reads the req→token table directly: nothing to gather
+            self.metadata = TritonMetadata(None, None, None, max_seq_len, 1)
+            self._step_splits = None
+            return
         total = int(seq_lens_cpu.sum()) if batch.batch_size else 0
         kv_indptr, kv_indices = gather_kv_indices(batch.req_to_token, batch.req_pool_indices, batch.seq_lens, total)
-        if batch.is_decode:
-            qo_indptr = torch.arange(batch.batch_size + 1, dtype=torch.int32, device=device)
-            max_extend_len = 1
-        else:
-            qo_indptr = _indptr(batch.extend_seq_lens_cpu, device)
-            max_extend_len = int(batch.extend_seq_lens_cpu.max()) if batch.batch_size else 0
-        max_seq_len = int(seq_lens_cpu.max()) if batch.batch_size else 0
+        qo_indptr = _indptr(batch.extend_seq_lens_cpu, device)
+        max_extend_len = int(batch.extend_seq_lens_cpu.max()) if batch.batch_size else 0
         self.metadata = TritonMetadata(qo_indptr, kv_indptr, kv_indices, max_seq_len, max_extend_len)
         self._step_splits = None
 
@@ -99,25 +100,17 @@ class TritonAttention(BaseAttentionBackend):
     def init_cuda_graph_state(
         self, max_bs: int, max_context_len: int, device: torch.device, layer: AttentionLayer, dtype: torch.dtype
     ) -> None:
-        # NOTE: captured kernels keep these buffers' addresses; replays only rewrite their contents.
-        self._graph_qo_indptr = torch.arange(max_bs + 1, dtype=torch.int32, device=device)
-        self._graph_kv_indptr = torch.zeros(max_bs + 1, dtype=torch.int32, device=device)
-        self._graph_kv_indices = torch.zeros(max_bs * max_context_len, dtype=torch.int32, device=device)
+        # decode reads the runner's static batch tensors and the req→token table: no buffers of our own
         self._graph_max_context_len = max_context_len
         self._graph_splits: dict[int, int] = {}
 
     def prepare_cuda_graph_decode(self, batch: ForwardBatch) -> None:
+        # Nothing to copy: the captured kernels read the graph's static req_pool_indices and
+        # seq_lens, which the runner fills, and the live req→token table. The split count is baked
+        # into a captured grid, so it is fixed per batch size (chosen for the longest context); the
+        # kernel sizes each request's splits from its own length.
         bs = batch.batch_size
-        total = int(batch.seq_lens_cpu.sum())
-        kv_indptr, kv_indices = gather_kv_indices(batch.req_to_token, batch.req_pool_indices, batch.seq_lens, total)
-        self._graph_kv_indptr[: bs + 1].copy_(kv_indptr)
-        self._graph_kv_indices[:total].copy_(kv_indices)
-        # the split count is baked into a captured grid, so it is fixed per batch size (chosen for
-        # the longest context); the kernel sizes each request's splits from its own length
-        self.metadata = TritonMetadata(
-            self._graph_qo_indptr[: bs + 1], self._graph_kv_indptr[: bs + 1], self._graph_kv_indices,
-            self._graph_max_context_len, 1,
-        )
+        self.metadata = TritonMetadata(None, None, None, self._graph_max_context_len, 1)
         if bs not in self._graph_splits:
             self._step_splits = None
             self._graph_splits[bs] = self._decode_splits(bs, batch.kv_pool.num_kv_heads, batch.device)
@@ -133,9 +126,9 @@ class TritonAttention(BaseAttentionBackend):
 
     def forward_decode(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:
         k_buffer, v_buffer = self._store(k, v, layer, batch)
-        meta = self.metadata
-        return decode_attention(
-            q, k_buffer, v_buffer, meta.kv_indptr, meta.kv_indices, layer.scaling,
+        table = batch.req_to_token
+        return decode_attention_table(
+            q, k_buffer, v_buffer, table, batch.req_pool_indices, table.stride(0), batch.seq_lens, layer.scaling,
             self._decode_splits(batch.batch_size, layer.num_kv_heads, q.device), config=self.decode_config,
         )
 

@@ -2,8 +2,14 @@
 
 Stage 1, grid (batch, kv_head, split): one program takes every query head of one KV-head group (so a
 K/V tile is loaded once per group, and the group is padded to >= 16 rows for tl.dot), walks its
-slice of the request's KV slots through kv_indptr / kv_indices, and writes a partial result: the
-softmax-weighted V and the log-sum-exp of its scores, in float32.
+slice of the request's KV slots, and writes a partial result: the softmax-weighted V and the
+log-sum-exp of its scores, in float32.
+
+A request's slots are read from a slot table: request b's i-th token is at
+table[row[b] * row_stride + i] and it has seq_lens[b] tokens. The engine passes its req→token table
+(row = the request's pool row), so a decode step builds no index list at all, on the host or the
+GPU, and a CUDA graph reads the live table. `decode_attention` also takes the flat kv_indptr /
+kv_indices form (row = kv_indptr, row_stride = 1).
 Stage 2, grid (batch, head): merges the splits with their log-sum-exps.
 
 Slices of one request (seq_len tokens, num_splits programs, tiles of BLOCK_N):
@@ -41,7 +47,7 @@ class DecodeConfig:
 
 @triton.jit
 def _decode_split_kernel(
-    q_ptr, k_buffer_ptr, v_buffer_ptr, kv_indptr_ptr, kv_indices_ptr, mid_o_ptr, mid_lse_ptr,
+    q_ptr, k_buffer_ptr, v_buffer_ptr, table_ptr, row_ptr, row_stride, seq_lens_ptr, mid_o_ptr, mid_lse_ptr,
     scale_log2,
     stride_q_b, stride_q_h, stride_buffer_s, stride_buffer_h,
     stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h,
@@ -55,8 +61,8 @@ def _decode_split_kernel(
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     num_splits = tl.num_programs(2)
-    kv_start = tl.load(kv_indptr_ptr + batch)
-    seq_len = tl.load(kv_indptr_ptr + batch + 1) - kv_start
+    kv_start = tl.load(row_ptr + batch).to(tl.int64) * row_stride
+    seq_len = tl.load(seq_lens_ptr + batch).to(tl.int32)
     # whole tiles per split: only a request's last tile is partly masked
     split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     lo = split * split_len
@@ -80,7 +86,7 @@ def _decode_split_kernel(
     for start in range(lo, hi, BLOCK_N):
         n = start + offs_n
         mask_n = n < hi
-        slots = tl.load(kv_indices_ptr + kv_start + n, mask=mask_n, other=0).to(tl.int64)
+        slots = tl.load(table_ptr + kv_start + n, mask=mask_n, other=0).to(tl.int64)
         kv_offsets = slots[:, None] * stride_buffer_s + kv_head_offset + offs_d[None, :]
         kv_mask = mask_n[:, None] & mask_d[None, :]
         # k, v: [BLOCK_N, BLOCK_D] gathered through the slot table
@@ -161,9 +167,23 @@ def decode_attention(
     kv_indices: [kv_indptr[-1]] int32 slots, request after request → out [B, H, D] in q's dtype.
     H must be a multiple of KvH; num_splits >= 1 slices each request's KV (see module docstring).
     """
+    seq_lens = kv_indptr[1:] - kv_indptr[:-1]
+    return decode_attention_table(
+        q, k_buffer, v_buffer, kv_indices, kv_indptr, 1, seq_lens, scaling, num_splits, out, config
+    )
+
+
+def decode_attention_table(
+    q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+    table: torch.Tensor, rows: torch.Tensor, row_stride: int, seq_lens: torch.Tensor,
+    scaling: float, num_splits: int, out: torch.Tensor | None = None, config: DecodeConfig = DecodeConfig(),
+) -> torch.Tensor:
+    """`decode_attention` with request b's slots at table[rows[b] * row_stride + i], i < seq_lens[b]
+    (e.g. table = req_to_token flattened, rows = req_pool_indices, row_stride = its row length)."""
     batch_size, num_heads, head_dim = q.shape
     num_kv_heads = k_buffer.shape[1]
     assert num_heads % num_kv_heads == 0 and q.stride(-1) == 1 and k_buffer.stride() == v_buffer.stride()
+    assert table.is_contiguous()
     group = num_heads // num_kv_heads
     block_d = triton.next_power_of_2(head_dim)
     out = torch.empty_like(q) if out is None else out
@@ -175,7 +195,7 @@ def decode_attention(
     mid_strides = (mid_o.stride(0), mid_o.stride(1), mid_lse.stride(0), mid_lse.stride(1))
     use_pdl, launch_pdl = pdl.enabled(q.device), pdl.launch_kwargs(q.device)
     _decode_split_kernel[(batch_size, num_kv_heads, num_splits)](
-        q, k_buffer, v_buffer, kv_indptr, kv_indices, mid_o, mid_lse,
+        q, k_buffer, v_buffer, table, rows, row_stride, seq_lens, mid_o, mid_lse,
         scaling * LOG2_E,
         q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1),
         *mid_strides,

@@ -1,0 +1,142 @@
+"""The matrix-vector product of batch-1 decode, y[1, N] = f(x)[1, K] @ W[N, K]^T, as one Triton
+kernel that may also compute its input f(x) from the previous op's output:
+
+- plain:     f(x) = x
+- silu_mul:  x is gate|up [1, 2K] and f(x) = silu(gate) * up (the MLP's down projection)
+- rms_norm:  f(x) = rms_norm(x + residual) * norm_weight, and x + residual is written out too
+             (the pre-norm in front of qkv and gate_up)
+
+At batch 1 a decode step is a chain of these products with small kernels between them, and the
+step is bound by how fast the weights stream from memory. Each program owns BLOCK_N rows of W and
+streams them once over all of K, multiplying on the CUDA cores. Three things keep memory busy:
+- With programmatic dependent launch (runtime/pdl.py) the kernel is resident before the previous
+  one finishes. It loads its first W tile *before* waiting for x, since the weights do not depend
+  on the previous kernel, so one memory latency per product overlaps the previous kernel.
+- It lets the next kernel launch as soon as its own loop is done.
+- The fused inputs remove a norm or silu·mul kernel, and with it a kernel boundary, in front of
+  three of a layer's four products.
+(Asking L2 to bulk-prefetch part of the rows before the wait was tried too: on an H200 it made every
+projection 2-15% slower, and was dropped.)
+
+The fused inputs round exactly as the unfused kernels in fused.py do, so greedy output does not
+change with the route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from runtime import pdl
+from runtime.pdl import gdc_launch_dependents, gdc_wait
+
+PLAIN, SILU_MUL, RMS_NORM = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class VectorConfig:
+    """Launch shape of the kernel."""
+
+    block_n: int = 16
+    block_k: int = 512
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+@triton.jit
+def _input_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """f(x)[k] in float32, rounded to the model dtype where the unfused kernels round."""
+    x = tl.load(x_ptr + k, mask=mask_k, other=0.0)
+    if INPUT == 1:  # silu(gate) * up, as fused.silu_and_mul
+        up = tl.load(x_ptr + K + k, mask=mask_k, other=0.0)
+        g = x.to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(x.dtype)
+        x = (act.to(tl.float32) * up.to(tl.float32)).to(x.dtype)
+    elif INPUT == 2:  # rms_norm(x + residual) * weight, as fused.rms_norm
+        if HAS_RESIDUAL:
+            x = x + tl.load(res_ptr + k, mask=mask_k, other=0.0)
+        normed = (x.to(tl.float32) * rstd).to(x.dtype)
+        w = tl.load(norm_ptr + k, mask=mask_k, other=0.0)
+        x = (w.to(tl.float32) * normed.to(tl.float32)).to(x.dtype)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _vector_kernel(
+    x_ptr, w_ptr, y_ptr, res_ptr, res_out_ptr, norm_ptr, N, K, stride_wn, eps,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_n = offs_n < N
+    w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
+    # The first W tile before the wait: weights are never written during a forward pass.
+    w_first = tl.load(w_rows + offs_k[None, :], mask=mask_n[:, None] & (offs_k < K)[None, :], other=0.0)
+    if PDL:  # x (and the residual) are the previous kernel's output (see runtime/pdl.py)
+        gdc_wait()
+    rstd = 0.0
+    if INPUT == 2:  # the norm's statistics over all of x + residual; program 0 writes the sum out
+        write_limit = tl.where(pid == 0, K, 0)
+        sum_sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + offs_k
+            mask_k = k < K
+            x = tl.load(x_ptr + k, mask=mask_k, other=0.0)
+            if HAS_RESIDUAL:
+                x = x + tl.load(res_ptr + k, mask=mask_k, other=0.0)  # added in the model dtype
+                tl.store(res_out_ptr + k, x, mask=k < write_limit)
+            xf = x.to(tl.float32)
+            sum_sq += xf * xf
+        rstd = tl.rsqrt(tl.sum(sum_sq, axis=0) / K + eps)
+    # products accumulate per (row, lane) and are summed once at the end, not per tile
+    x_first = _input_tile(x_ptr, res_ptr, norm_ptr, offs_k, offs_k < K, K, rstd, INPUT, HAS_RESIDUAL)
+    acc = w_first.to(tl.float32) * x_first[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        k = k0 + offs_k
+        mask_k = k < K
+        w = tl.load(w_rows + k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        acc += w.to(tl.float32) * _input_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, INPUT, HAS_RESIDUAL)[None, :]
+    if PDL:
+        gdc_launch_dependents()  # after the loop, so the next kernel's programs don't take our SM slots
+    tl.store(y_ptr + offs_n, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=mask_n)
+
+
+def vector_matmul(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    config: VectorConfig = VectorConfig(),
+    silu_mul: bool = False,
+    norm_weight: Optional[torch.Tensor] = None,
+    eps: float = 1e-6,
+    residual: Optional[torch.Tensor] = None,
+):
+    """x [1, K] @ weight [N, K]^T → [1, N] in weight's dtype (float32 accumulation).
+
+    silu_mul: x is [1, 2K] gate|up and the product takes silu(gate) * up.
+    norm_weight: the product takes rms_norm(x (+ residual)) * norm_weight and the call returns
+    (y, x + residual), or (y, x) without a residual: the residual stream after the add."""
+    n, k = weight.shape
+    want = (1, 2 * k) if silu_mul else (1, k)
+    if tuple(x.shape) != want:
+        raise ValueError(f"vector_matmul takes x of shape {want} for a weight of shape {tuple(weight.shape)}, got {tuple(x.shape)}")
+    if x.stride(-1) != 1 or weight.stride(1) != 1 or (residual is not None and residual.stride(-1) != 1):
+        raise ValueError("vector_matmul needs contiguous rows")
+    if silu_mul and norm_weight is not None:
+        raise ValueError("vector_matmul fuses either silu_mul or a norm, not both")
+    y = torch.empty(1, n, dtype=weight.dtype, device=x.device)
+    res_out = torch.empty_like(x) if residual is not None else x
+    mode = RMS_NORM if norm_weight is not None else (SILU_MUL if silu_mul else PLAIN)
+    _vector_kernel[(triton.cdiv(n, config.block_n),)](
+        x, weight, y, residual if residual is not None else x, res_out,
+        norm_weight if norm_weight is not None else x, n, k, weight.stride(0), eps,
+        BLOCK_N=config.block_n, BLOCK_K=config.block_k, PDL=pdl.enabled(x.device),
+        INPUT=mode, HAS_RESIDUAL=residual is not None,
+        num_warps=config.num_warps, num_stages=config.num_stages, **pdl.launch_kwargs(x.device),
+    )
+    return (y, res_out) if norm_weight is not None else y

@@ -1,0 +1,100 @@
+"""The batch-1 matrix-vector kernel under TRITON_INTERPRET=1: plain and with its fused inputs
+(silu·mul, RMSNorm with and without the residual add) against the unfused torch path, and the model
+code that routes a decode row through the fused forms."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from runtime.model.layers import GatedMLP, Linear, RMSNorm, _torch_rms_norm, norm_then_linear  # noqa: E402
+from runtime.model.matvec import VectorConfig, vector_matmul  # noqa: E402
+
+SMALL = VectorConfig(block_n=8, block_k=32)
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("n, k", [(40, 96), (33, 100), (7, 20)])
+def test_plain_product_matches_torch(n, k):
+    w, x = _rand(n, k, seed=1), _rand(1, k, seed=2)
+    torch.testing.assert_close(vector_matmul(x, w, SMALL), F.linear(x, w), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("k", [64, 70])
+def test_silu_mul_input_matches_the_unfused_mlp(k):
+    w, gate_up = _rand(24, k, seed=3), _rand(1, 2 * k, seed=4)
+    want = F.linear(F.silu(gate_up[:, :k]) * gate_up[:, k:], w)
+    torch.testing.assert_close(vector_matmul(gate_up, w, SMALL, silu_mul=True), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("with_residual", [True, False])
+@pytest.mark.parametrize("k", [96, 100])
+def test_norm_input_matches_the_unfused_norm_and_returns_the_residual_stream(with_residual, k):
+    w, x, res, norm_w = _rand(40, k, seed=5), _rand(1, k, seed=6), _rand(1, k, seed=7), _rand(k, seed=8)
+    summed = x + res if with_residual else x
+    y, stream = vector_matmul(x, w, SMALL, norm_weight=norm_w, eps=1e-5, residual=res if with_residual else None)
+    torch.testing.assert_close(y, F.linear(_torch_rms_norm(summed, norm_w, 1e-5), w), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(stream, summed)
+    if not with_residual:
+        assert stream is x  # nothing added: the stream is the input itself
+
+
+def test_bad_shapes_and_modes_are_refused():
+    w = torch.zeros(16, 32)
+    with pytest.raises(ValueError, match=r"\(1, 32\)"):
+        vector_matmul(torch.zeros(2, 32), w)
+    with pytest.raises(ValueError, match=r"\(1, 64\)"):
+        vector_matmul(torch.zeros(1, 32), w, silu_mul=True)
+    with pytest.raises(ValueError, match="not both"):
+        vector_matmul(torch.zeros(1, 64), w, silu_mul=True, norm_weight=torch.ones(32))
+
+
+def _routed(module: torch.nn.Module) -> torch.nn.Module:
+    for layer in module.modules():
+        if isinstance(layer, Linear):
+            layer.vector_config = SMALL
+    return module
+
+
+def _filled(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return module
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_norm_then_linear_fuses_one_row_and_agrees_with_the_unfused_path(bias, monkeypatch):
+    import runtime.model.matvec as matvec
+
+    norm, linear = _filled(RMSNorm(48, 1e-5), 1), _filled(Linear(48, 20, bias=bias), 2)
+    x, res = _rand(1, 48, seed=3), _rand(1, 48, seed=4)
+    want = [norm_then_linear(norm, linear, x, r) for r in (res, None)]  # no route: norm kernel + F.linear
+    calls = []
+    real = matvec.vector_matmul
+    monkeypatch.setattr(matvec, "vector_matmul", lambda *a, **kw: calls.append(kw.get("norm_weight") is not None) or real(*a, **kw))
+    _routed(linear)
+    for r, (want_y, want_stream) in zip((res, None), want):
+        y, stream = norm_then_linear(norm, linear, x, r)
+        torch.testing.assert_close(y, want_y, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(stream, want_stream)
+    assert calls == [True, True]  # both through the fused kernel
+    two_rows = norm_then_linear(norm, linear, torch.cat([x, x]), torch.cat([res, res]))[0]  # not one row: unfused
+    torch.testing.assert_close(two_rows[:1], want[0][0], atol=1e-4, rtol=1e-4)
+    assert calls == [True, True]
+
+
+def test_mlp_down_fuses_silu_mul_for_one_row():
+    mlp = _filled(GatedMLP(32, 48), 5)
+    x = _rand(1, 32, seed=6)
+    want = mlp(x)
+    torch.testing.assert_close(_routed(mlp)(x), want, atol=1e-4, rtol=1e-4)
