@@ -10,7 +10,8 @@ table[row[b] * row_stride + i] and it has seq_lens[b] tokens. The engine passes 
 (row = the request's pool row), so a decode step builds no index list at all, on the host or the
 GPU, and a CUDA graph reads the live table. `decode_attention` also takes the flat kv_indptr /
 kv_indices form (row = kv_indptr, row_stride = 1).
-Stage 2, grid (batch, head): merges the splits with their log-sum-exps.
+Stage 2, grid (batch, head): merges the splits with their log-sum-exps. With one split (large
+batches) stage 1 writes the final output itself and stage 2 does not run.
 
 Slices of one request (seq_len tokens, num_splits programs, tiles of BLOCK_N):
 
@@ -50,9 +51,9 @@ def _decode_split_kernel(
     q_ptr, k_buffer_ptr, v_buffer_ptr, table_ptr, row_ptr, row_stride, seq_lens_ptr, mid_o_ptr, mid_lse_ptr,
     scale_log2,
     stride_q_b, stride_q_h, stride_buffer_s, stride_buffer_h,
-    stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h,
+    stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h, o_ptr, stride_o_b, stride_o_h,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
 ):
     if PDL:  # see runtime/pdl.py
         gdc_launch_dependents()
@@ -103,6 +104,11 @@ def _decode_split_kernel(
 
     # An empty split (lo >= hi) leaves l_i == 0 and m_i == -inf: it stores o = 0, lse = -inf.
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    if SINGLE_SPLIT:  # the whole sequence in one program: its result is final, no merge pass
+        o_rows = batch * stride_o_b + heads * stride_o_h
+        tl.store(o_ptr + o_rows[:, None] + offs_d[None, :], (acc / l_safe[:, None]).to(o_ptr.dtype.element_ty),
+                 mask=mask_h[:, None] & mask_d[None, :])
+        return
     lse = m_i + tl.log2(l_safe)
     # mid_o: [B, H, num_splits, BLOCK_D]; mid_lse: [B, H, num_splits]
     mid_row = batch * stride_mid_b + heads * stride_mid_h + split * BLOCK_D
@@ -189,20 +195,24 @@ def decode_attention_table(
     out = torch.empty_like(q) if out is None else out
     if batch_size == 0:
         return out
-    # partial results of stage 1, rows padded to BLOCK_D
-    mid_o = torch.empty((batch_size, num_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
-    mid_lse = torch.empty((batch_size, num_heads, num_splits), dtype=torch.float32, device=q.device)
+    # partial results of stage 1, rows padded to BLOCK_D (one split writes `out` directly)
+    mid_shape = (batch_size, num_heads, num_splits, block_d) if num_splits > 1 else (1, 1, 1, block_d)
+    mid_o = torch.empty(mid_shape, dtype=torch.float32, device=q.device)
+    mid_lse = torch.empty(mid_shape[:3], dtype=torch.float32, device=q.device)
     mid_strides = (mid_o.stride(0), mid_o.stride(1), mid_lse.stride(0), mid_lse.stride(1))
     use_pdl, launch_pdl = pdl.enabled(q.device), pdl.launch_kwargs(q.device)
     _decode_split_kernel[(batch_size, num_kv_heads, num_splits)](
         q, k_buffer, v_buffer, table, rows, row_stride, seq_lens, mid_o, mid_lse,
         scaling * LOG2_E,
         q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1),
-        *mid_strides,
+        *mid_strides, out, out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_H=max(MIN_DOT_ROWS, triton.next_power_of_2(group)),
         BLOCK_D=block_d, BLOCK_N=config.block_n, DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages, PDL=use_pdl, **launch_pdl,
+        num_warps=config.num_warps, num_stages=config.num_stages, PDL=use_pdl, SINGLE_SPLIT=num_splits == 1,
+        **launch_pdl,
     )
+    if num_splits == 1:
+        return out
     _decode_merge_kernel[(batch_size, num_heads)](
         mid_o, mid_lse, out, num_splits,
         *mid_strides, out.stride(0), out.stride(1),
