@@ -169,6 +169,24 @@ def decode_b1(engine, copy_tb_s):
         "roofline_fraction": round(rates["cuda_graph"] * ideal_s, 3), "weight_gb": round(weight_bytes / 1e9, 2)}
 
 
+def offline_fp8_kv(path, n, copy_tb_s):
+    """The offline workload and batch-1 decode with kv_cache_dtype="fp8_e4m3": half the KV bytes
+    (twice the pool, half the decode attention traffic), lossy (accuracy: the logits section)."""
+    from runtime import Engine
+
+    engine = Engine(model_path=path, load_format="dummy", kv_cache_dtype="fp8_e4m3")
+    try:
+        res = dict(kv_capacity_tokens=engine.max_total_tokens, max_running_requests=engine.config.max_running_requests)
+        res["offline"] = offline(engine, n)
+        res["decode_b1_1k"] = decode_b1(engine, copy_tb_s)
+        engine.check_integrity()
+    finally:
+        engine.shutdown()
+        del engine
+        free_memory()
+    return res
+
+
 def workload(n, seed=0):
     rng = random.Random(seed)
     reqs = []
@@ -290,7 +308,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
-    parser.add_argument("--sections", default="env,small,logits,decode,offline,prefix,json,memory,hfworkload,flashinfer,hf")
+    parser.add_argument("--sections", default="env,small,logits,decode,offline,prefix,json,memory,hfworkload,offline_fp8,flashinfer,hf")
     parser.add_argument("--hf-requests", type=int, default=256, help="requests given to HF generate_batch")
     parser.add_argument("--hf-impls", default="sdpa,paged|sdpa", help="attn_implementation values for generate_batch")
     args = parser.parse_args()
@@ -334,6 +352,8 @@ def main() -> None:
         engine.shutdown()
         del engine
         free_memory()
+        if "offline_fp8" in wanted:
+            section("offline_fp8_kv", offline_fp8_kv, path, n_offline, copy_tb_s)
         if "prefix" in wanted:
             off = Engine(model_path=path, load_format="dummy", disable_radix_cache=True)
             section("prefix_radix_off", shared_prefix, off, n_prefix)

@@ -36,23 +36,31 @@ def logits(path):
     with torch.no_grad():  # initialise explicitly: a bare constructor may leave memory uninitialised
         for name, p in hf.named_parameters():
             p.fill_(1.0) if "norm" in name else p.normal_(0.0, 0.02, generator=gen)
-    engine = Engine(model_path=path, load_format="dummy", max_total_tokens=4096, disable_cuda_graph=True, max_running_requests=4)
-    targets = checkpoint_targets(engine.runner.model)
-    with torch.no_grad():
-        for name, tensor in hf.state_dict().items():
-            if name in targets:
-                _copy_tensor(name, tensor, *targets[name])
     ids = torch.randint(100, 120000, (512,), generator=torch.Generator().manual_seed(0)).tolist()
-    out = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 1, "temperature": 0},
-                          return_logprob=True, logprob_start_len=0)
+    rows, targets = torch.arange(len(ids) - 1), torch.tensor(ids[1:])
+
+    def ours_with(kv_cache_dtype):  # our prompt logprobs on HF's weights, and the engine's greedy token
+        engine = Engine(model_path=path, load_format="dummy", max_total_tokens=4096, disable_cuda_graph=True,
+                        max_running_requests=4, kv_cache_dtype=kv_cache_dtype)
+        names = checkpoint_targets(engine.runner.model)
+        with torch.no_grad():
+            for name, tensor in hf.state_dict().items():
+                if name in names:
+                    _copy_tensor(name, tensor, *names[name])
+        out = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 1, "temperature": 0},
+                              return_logprob=True, logprob_start_len=0)
+        engine.shutdown()
+        del engine
+        free_memory()
+        return torch.tensor([lp for lp, _, _ in out["meta_info"]["input_token_logprobs"][1:]]), out["output_ids"][0]
+
+    ours, our_first = ours_with("auto")
+    ours_fp8, _ = ours_with("fp8_e4m3")  # the lossy KV option: how far from exact does it move us?
     with torch.no_grad():
         ref = hf(torch.tensor([ids], device="cuda")).logits[0].float()
-    rows, targets = torch.arange(len(ids) - 1), torch.tensor(ids[1:])
-    ours = torch.tensor([lp for lp, _, _ in out["meta_info"]["input_token_logprobs"][1:]])
     theirs = torch.log_softmax(ref, -1)[rows, targets].cpu()
     first = int(ref[-1].argmax())
-    engine.shutdown()
-    del engine, ref
+    del ref
     free_memory()
     hf = cast_keeping_rope(hf, torch.float32)  # the same weights in float32: how far is bf16 (HF's or ours) from exact?
     with torch.no_grad():
@@ -65,7 +73,8 @@ def logits(path):
 
     return dict(prompt_logprob_max_abs_err=round(float((ours - theirs).abs().max()), 4),
                 prompt_logprob_rel_err_vs_hf_bf16=rel(ours, theirs), ours_bf16_rel_err_vs_fp32=rel(ours, exact),
-                hf_bf16_rel_err_vs_fp32=rel(theirs, exact), first_token_equal=out["output_ids"][0] == first)
+                hf_bf16_rel_err_vs_fp32=rel(theirs, exact), ours_fp8_kv_rel_err_vs_fp32=rel(ours_fp8, exact),
+                first_token_equal=our_first == first)
 
 
 def flashinfer_e2e(path, copy_tb_s):

@@ -30,6 +30,13 @@ class EngineConfig:
     kv_cache_bytes: int = _opt(256 * 2**20, "CPU: byte budget for the KV pool.")
     max_total_tokens: Optional[int] = _opt(None, "KV pool size in tokens (overrides the budgets).")
     page_size: int = _opt(1, "Tokens per KV page.")
+    kv_cache_dtype: str = _opt(
+        "auto",
+        "KV cache storage. 'auto': the model dtype. fp8 halves the pool's bytes per token and the KV read of "
+        "every decode step, and is lossy: each K/V value is rounded to fp8 (e4m3: 3 mantissa bits, up to 448; "
+        "e5m2: 2 bits, up to 57344), with no scaling.",
+        ("auto", "fp8_e4m3", "fp8_e5m2"),
+    )
     # --- scheduling
     max_running_requests: Optional[int] = _opt(
         None,

@@ -26,6 +26,18 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+KV_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def resolve_kv_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The KV pool's storage dtype for the kv_cache_dtype option."""
+    if name == "auto":
+        return model_dtype
+    if name not in KV_DTYPES:
+        raise ValueError(f"kv_cache_dtype must be 'auto' or one of {list(KV_DTYPES)}, got {name!r}")
+    return KV_DTYPES[name]
+
+
 def auto_max_running_requests(pool_tokens: int) -> int:
     """As many requests as the pool holds at 512 tokens each, within [16, 1024]. On an H100 with an
     8B model (~420k KV tokens) that is 824: the offline benchmark ran 11% faster with 512 running
@@ -65,13 +77,18 @@ class ModelRunner:
             seed=config.random_seed,
         )
         self.dtype = resolve_dtype(config.dtype, self.model_config)
+        self.kv_dtype = resolve_kv_dtype(config.kv_cache_dtype, self.dtype)
         if self.attention_backend_name == "flashinfer" and self.dtype == torch.float32:
             raise ValueError("attention_backend='flashinfer' needs dtype float16 or bfloat16, not float32")
+        if self.attention_backend_name == "flashinfer" and self.kv_dtype != self.dtype:
+            raise ValueError(
+                f"kv_cache_dtype={config.kv_cache_dtype!r} needs attention_backend 'triton' or 'torch_native', "
+                "not 'flashinfer'")
         self.context_len = self._context_len()
         self.vocab_size = self.model_config.vocab_size
         self.max_total_tokens = self._pool_size()
         mc = self.model_config
-        self.kv_pool = KVPool(self.max_total_tokens, mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
+        self.kv_pool = KVPool(self.max_total_tokens, mc.num_layers, mc.num_kv_heads, mc.head_dim, self.kv_dtype, self.device)
         self.allocator = TokenSlotAllocator(self.max_total_tokens, self.device)
         self.max_running_requests = config.max_running_requests or auto_max_running_requests(self.max_total_tokens)
         self.req_to_token_pool = ReqToTokenPool(
@@ -80,8 +97,9 @@ class ModelRunner:
         self.matmul_routes = self._choose_matmul_routes()
         self.cuda_graph = self._maybe_capture_cuda_graphs()
         logger.info(
-            "model %s on %s (%s), attention %s, KV pool %d tokens, context %d",
-            mc.architecture, self.device, self.dtype, self.attention_backend_name, self.max_total_tokens, self.context_len,
+            "model %s on %s (%s), attention %s, KV pool %d tokens (%s), context %d",
+            mc.architecture, self.device, self.dtype, self.attention_backend_name, self.max_total_tokens, self.kv_dtype,
+            self.context_len,
         )
 
     def _context_len(self) -> int:
@@ -96,7 +114,7 @@ class ModelRunner:
         if self.config.max_total_tokens is not None:
             return self.config.max_total_tokens
         mc = self.model_config
-        per_token = KVPool.bytes_per_token(mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype)
+        per_token = KVPool.bytes_per_token(mc.num_layers, mc.num_kv_heads, mc.head_dim, self.kv_dtype)
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             # what the static budget leaves after the weights already loaded (and a bit for activations)

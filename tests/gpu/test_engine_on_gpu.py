@@ -107,3 +107,31 @@ def test_flashinfer_cuda_graphs_match_eager(tiny_model_dir):
         same = next((i for i, (a, b) in enumerate(zip(ids_g, ids_e)) if a != b), len(ids_e))
         assert same >= 4, (ids_g, ids_e)
         assert torch.allclose(torch.tensor(lps_g[:same]), torch.tensor(lps_e[:same]), atol=3e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_kv_store_rounds_like_torch_and_the_engine_serves_from_it(setup, dtype):
+    """The GPU's conversion (unlike Triton's CPU interpreter) must round as torch's cast does; and the
+    engine with an fp8 pool runs greedy decode with and without CUDA graphs to the same tokens."""
+    from runtime.attention.triton.kv_store import store_kv
+    from tests.integration.engine_helpers import checked_engine
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    k = torch.randn(64, 8, 128, device="cuda", generator=gen, dtype=torch.bfloat16) * 3
+    v = torch.randn(64, 8, 128, device="cuda", generator=gen, dtype=torch.bfloat16)
+    k_buffer = torch.zeros(100, 8, 128, dtype=dtype, device="cuda")
+    v_buffer = torch.zeros_like(k_buffer)
+    loc = torch.randperm(100, device="cuda", generator=gen)[:64]
+    store_kv(k_buffer, v_buffer, loc, k, v)
+    assert torch.equal(k_buffer[loc].float(), k.float().to(dtype).float())
+    assert torch.equal(v_buffer[loc].float(), v.float().to(dtype).float())
+
+    path, prompts, _ = setup
+    kv = {torch.float8_e4m3fn: "fp8_e4m3", torch.float8_e5m2: "fp8_e5m2"}[dtype]
+    outs = []
+    for graphs_off in (False, True):
+        with checked_engine(model_path=path, dtype="bfloat16", kv_cache_dtype=kv, disable_cuda_graph=graphs_off) as engine:
+            got = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": 16, "temperature": 0, "ignore_eos": True})
+            outs.append([g["output_ids"] for g in got])
+    assert outs[0] == outs[1]

@@ -54,6 +54,7 @@ def _decode_split_kernel(
     stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h, o_ptr, stride_o_b, stride_o_h,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
+    KV_VIA_F32: tl.constexpr,
 ):
     if PDL:  # see runtime/pdl.py
         gdc_launch_dependents()
@@ -91,14 +92,20 @@ def _decode_split_kernel(
         kv_offsets = slots[:, None] * stride_buffer_s + kv_head_offset + offs_d[None, :]
         kv_mask = mask_n[:, None] & mask_d[None, :]
         # k, v: [BLOCK_N, BLOCK_D] gathered through the slot table
-        k = tl.load(k_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0).to(q.dtype)
+        k = tl.load(k_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0)
+        if KV_VIA_F32:  # an fp8 pool: widen exactly to float32 first (Triton's interpreter
+            k = k.to(tl.float32)  # converts fp8 straight to bf16 wrongly; on the GPU it costs nothing)
+        k = k.to(q.dtype)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         scores = tl.where(mask_n[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0).to(q.dtype)
+        v = tl.load(v_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0)
+        if KV_VIA_F32:
+            v = v.to(tl.float32)
+        v = v.to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
@@ -209,7 +216,7 @@ def decode_attention_table(
         GROUP=group, HEAD_DIM=head_dim, BLOCK_H=max(MIN_DOT_ROWS, triton.next_power_of_2(group)),
         BLOCK_D=block_d, BLOCK_N=config.block_n, DOT_PRECISION=dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages, PDL=use_pdl, SINGLE_SPLIT=num_splits == 1,
-        **launch_pdl,
+        KV_VIA_F32=k_buffer.dtype != q.dtype, **launch_pdl,
     )
     if num_splits == 1:
         return out

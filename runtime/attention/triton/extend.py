@@ -37,7 +37,7 @@ def _extend_kernel(
     scale_log2,
     stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_buffer_s, stride_buffer_h,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, KV_VIA_F32: tl.constexpr,
 ):
     request = tl.program_id(0)
     head = tl.program_id(1)
@@ -73,7 +73,10 @@ def _extend_kernel(
         slots = tl.load(kv_indices_ptr + kv_start + n, mask=mask_n, other=0).to(tl.int64)
         kv_offsets = slots[:, None] * stride_buffer_s + kv_head_offset + offs_d[None, :]
         kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0).to(q.dtype)
+        k = tl.load(k_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0)
+        if KV_VIA_F32:  # an fp8 pool: widen exactly first (see decode.py)
+            k = k.to(tl.float32)
+        k = k.to(q.dtype)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         # NOTE: key 0 is visible to every row (padding rows too), so m_i is finite after tile 0.
         visible = mask_n[None, :] & (n[None, :] <= last_visible[:, None])
@@ -82,7 +85,10 @@ def _extend_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0).to(q.dtype)
+        v = tl.load(v_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0)
+        if KV_VIA_F32:
+            v = v.to(tl.float32)
+        v = v.to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
@@ -118,6 +124,6 @@ def extend_attention(
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_buffer.stride(0), k_buffer.stride(1),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         BLOCK_D=triton.next_power_of_2(head_dim), DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        KV_VIA_F32=k_buffer.dtype != q.dtype, num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out

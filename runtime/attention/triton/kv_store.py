@@ -41,9 +41,10 @@ def _store_kv_kernel(
     mask = (heads < NUM_KV_HEADS) & (dims < HEAD_DIM)
     dst = slot * stride_buffer_s + heads * stride_buffer_h + dims
     k = tl.load(k_ptr + token * stride_k_t + heads * stride_k_h + dims, mask=mask)
-    tl.store(k_buffer_ptr + dst, k.to(k_buffer_ptr.dtype.element_ty), mask=mask)
+    # via float32: the interpreter rounds bf16 → fp8 differently from torch; float32 → fp8 matches
+    tl.store(k_buffer_ptr + dst, k.to(tl.float32).to(k_buffer_ptr.dtype.element_ty), mask=mask)
     v = tl.load(v_ptr + token * stride_v_t + heads * stride_v_h + dims, mask=mask)
-    tl.store(v_buffer_ptr + dst, v.to(v_buffer_ptr.dtype.element_ty), mask=mask)
+    tl.store(v_buffer_ptr + dst, v.to(tl.float32).to(v_buffer_ptr.dtype.element_ty), mask=mask)
 
 
 def _inner_contiguous(x: torch.Tensor) -> torch.Tensor:
