@@ -8,8 +8,11 @@ waiting (`gdc_wait()`) the moment the predecessor's results are ready, so no lau
 ramp-up separates the two.
 
 Every kernel launched with PDL keeps these rules, which make the overlap safe:
-- it calls `gdc_wait()` before it reads or writes any memory. Its predecessor could only finish
-  after its own wait, so this orders it after every earlier kernel, not just the one before;
+- every program calls `gdc_wait()` before it reads or writes any memory an earlier kernel may write
+  or read (no early return ahead of the wait). Its predecessor could only finish after its own wait,
+  so this orders it after every earlier kernel, not just the one before. The one read allowed ahead
+  of the wait is of weights (runtime/model/matvec.py): nothing writes them during forward passes,
+  and the code that does write them (loading) is followed by ordinary, fully ordered kernels;
 - a small kernel lets its dependents launch at once (`gdc_launch_dependents()` on entry); a
   matrix-vector product only after its main loop, so the next one's programs don't take SM slots
   its own still need.

@@ -18,8 +18,9 @@ streams them once over all of K, multiplying on the CUDA cores. Three things kee
 (Asking L2 to bulk-prefetch part of the rows before the wait was tried too: on an H200 it made every
 projection 2-15% slower, and was dropped.)
 
-The fused inputs round exactly as the unfused kernels in fused.py do, so greedy output does not
-change with the route.
+The fused inputs take the same rounding steps as the unfused kernels in fused.py (add in the model
+dtype, float32 statistics, cast, scale, cast). Only the order of the norm's float32 sum differs; a
+review measured 0 differing elements in 3.3M against fused.rms_norm.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def _vector_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_n = offs_n < N
     w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
-    # The first W tile before the wait: weights are never written during a forward pass.
+    # The first W tile before the wait: weights are never written during a forward pass, and the
+    # loader's writes are followed by ordinary kernels that finish before any of ours starts.
     w_first = tl.load(w_rows + offs_k[None, :], mask=mask_n[:, None] & (offs_k < K)[None, :], other=0.0)
     if PDL:  # x (and the residual) are the previous kernel's output (see runtime/pdl.py)
         gdc_wait()
