@@ -4,7 +4,10 @@ benchmark of record (that is bench_gpu.py).
     python benchmarks/profile_gpu.py --out $OUT [--sections kernels,gemv,overlap,json,offline]
 
   syncs     host-device synchronisations during decode, by source line (overlap needs none)
-  kernels   CUDA time per kernel name in one batch-1 decode step at 1k context (graphs on)
+  kernels   CUDA time per kernel name in one batch-1 decode step at 1k context (graphs on). With
+            programmatic dependent launch a kernel starts before its predecessor ends and its time
+            includes that wait: run with SGFLOW_DISABLE_PDL=1 for per-kernel times (the sum per
+            step is then the step's time without PDL)
   kernels_b320  the same for a decode step of 320 requests, contexts U[256, 1536] (offline's mean batch)
   gemv      each projection's M=1 matmul alone, as achieved bandwidth vs device copy bandwidth
   overlap   batch-1 decode tok/s with overlap scheduling on and off (same engine)
