@@ -20,11 +20,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from runtime.model.gemv import MAX_M, GemvConfig, skinny_matmul
+from runtime.model.gemv import MAX_M, skinny_matmul
 from runtime.model.matvec import VectorConfig, vector_matmul
 
-# the skinny kernel's launch shape, the best measured in benchmarks/bench_gemv.py on an H200
-SKINNY_CONFIG = GemvConfig(block_n=32, block_k=256, num_warps=4, num_stages=3)
 # the vector kernel's launch shapes tried; each was the best for some projection in bench_pdl.py
 VECTOR_CANDIDATES = (
     VectorConfig(block_n=16, block_k=512, num_warps=4, num_stages=3),
@@ -83,7 +81,7 @@ def time_projection(kind, weight: torch.Tensor, m: int) -> float:
     if kind == "cublas":
         calls = [lambda w=w: F.linear(x, w) for w in weights]
     elif kind == "skinny":
-        calls = [lambda w=w: skinny_matmul(x, w, config=SKINNY_CONFIG) for w in weights]
+        calls = [lambda w=w: skinny_matmul(x, w) for w in weights]  # its default shape, as Linear runs it
     else:
         calls = [lambda w=w: vector_matmul(x, w, kind) for w in weights]
 
