@@ -126,17 +126,20 @@ class Linear(nn.Module):
         """self(silu(gate) * up) for [1, 2 * input_size] gate|up, in one kernel (takes_one_row only)."""
         from runtime.model.matvec import vector_matmul
 
-        y = vector_matmul(gate_up, self.weight, self.vector_config, silu_mul=True)
+        return self.add_bias(vector_matmul(gate_up, self.weight, self.vector_config, silu_mul=True))
+
+    def add_bias(self, y: torch.Tensor) -> torch.Tensor:
         return y if self.bias is None else y + self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.shape[0]
-        vector = rows == 1 and self.vector_config is not None
-        if (vector or 1 < rows <= self.skinny_max_m) and x.dim() == 2 and x.stride(1) == 1:
-            from runtime.model import gemv, matvec
+        if self.takes_one_row(x):
+            from runtime.model.matvec import vector_matmul
 
-            y = matvec.vector_matmul(x, self.weight, self.vector_config) if vector else gemv.skinny_matmul(x, self.weight)
-            return y if self.bias is None else y + self.bias
+            return self.add_bias(vector_matmul(x, self.weight, self.vector_config))
+        if 1 < x.shape[0] <= self.skinny_max_m and x.dim() == 2 and x.stride(1) == 1:
+            from runtime.model.gemv import skinny_matmul
+
+            return self.add_bias(skinny_matmul(x, self.weight))
         return F.linear(x, self.weight, self.bias)
 
 
@@ -150,7 +153,7 @@ def norm_then_linear(
 
         y, residual = vector_matmul(x, linear.weight, linear.vector_config, norm_weight=norm.weight, eps=norm.eps,
                                     residual=residual)
-        return (y if linear.bias is None else y + linear.bias), residual
+        return linear.add_bias(y), residual
     if residual is None:
         return linear(norm(x)), x
     normed, residual = norm.forward_with_residual(x, residual)
