@@ -19,7 +19,7 @@ Every kernel launched with PDL keeps these rules, which make the overlap safe:
 
 Kernels take a `PDL` constexpr and `launch_kwargs(device)` at launch. Both are off on the CPU (the
 interpreter has no grid dependency control), on GPUs older than Hopper, on a Triton without it, and
-when SGFLOW_DISABLE_PDL=1.
+when SGFLOW_DISABLE_PDL=1 (read at the first launch on each GPU).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ except ImportError:  # older Triton: never called, because enabled() is then Fal
     gdc_launch_dependents = gdc_wait = None
 
 _STATE: dict[str, bool | None] = {"forced": None}
-_SUPPORTED: dict[int, bool] = {}  # per device index: capability and Triton checked once
+_SUPPORTED: dict[int, bool] = {}  # per device index: switch, capability and Triton checked once
 
 
 def _triton_launches_pdl() -> bool:
@@ -53,18 +53,19 @@ def enabled(device: torch.device) -> bool:
         return False
     if _STATE["forced"] is not None:
         return bool(_STATE["forced"])
-    if os.environ.get("SGFLOW_DISABLE_PDL") == "1":
-        return False
+    # NOTE: asked twice per kernel launch (eager decode launches ~300 kernels a step): one lookup
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _SUPPORTED:
-        _SUPPORTED[index] = torch.cuda.get_device_capability(index)[0] >= 9 and _triton_launches_pdl()
+        _SUPPORTED[index] = (os.environ.get("SGFLOW_DISABLE_PDL") != "1"
+                             and torch.cuda.get_device_capability(index)[0] >= 9 and _triton_launches_pdl())
     return _SUPPORTED[index]
 
 
 def force(on: bool | None) -> None:
-    """Override the automatic choice (benchmarks compare both; None restores it). A change applies to
-    kernels launched, and CUDA graphs captured, after it."""
+    """Override the automatic choice (benchmarks compare both; None restores it and reads
+    SGFLOW_DISABLE_PDL again). A change applies to kernels launched, and CUDA graphs captured, after it."""
     _STATE["forced"] = on
+    _SUPPORTED.clear()
 
 
 def launch_kwargs(device: torch.device) -> dict:

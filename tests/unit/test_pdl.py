@@ -29,8 +29,8 @@ def test_force_overrides_the_automatic_choice_on_a_gpu(monkeypatch):
     assert pdl.launch_kwargs(cuda) == {"launch_pdl": True}
     pdl.force(False)
     assert pdl.launch_kwargs(cuda) == {}
-    pdl.force(None)
     monkeypatch.setenv("SGFLOW_DISABLE_PDL", "1")
+    pdl.force(None)  # back to automatic: the switch is read again
     assert pdl.enabled(cuda) is False
 
 
