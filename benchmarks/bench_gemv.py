@@ -1,5 +1,7 @@
 """Decode-time projections of a Llama-3-8B layer at M = 1..16 rows: cuBLAS (F.linear) vs our Triton
 skinny matmul (runtime/model/gemv.py), as achieved weight bandwidth against device copy bandwidth.
+At M = 1 skinny_matmul hands over to the vector kernel (runtime/model/matvec.py) in its default
+launch shape; benchmarks/bench_pdl.py times that kernel in every shape start-up tries, with PDL.
 
     python benchmarks/bench_gemv.py [--out DIR] [--m 1,4,16] [--quick]
 
