@@ -17,7 +17,7 @@ Every kernel launched with PDL keeps these rules, which make the overlap safe:
   matrix-vector product only after its main loop, so the next one's programs don't take SM slots
   its own still need.
 
-Kernels take a `PDL` constexpr and `launch_kwargs(device)` at launch. Both are off on the CPU (the
+Kernels take a `PDL` constexpr, and `launch_args(device)` at launch supplies it. Both are off on the CPU (the
 interpreter has no grid dependency control), on GPUs older than Hopper, on a Triton without it, and
 when SGFLOW_DISABLE_PDL=1 (read at the first launch on each GPU).
 """
@@ -27,6 +27,8 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
+import triton.language as tl
 
 try:  # Triton >= 3.3
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
@@ -68,9 +70,18 @@ def force(on: bool | None) -> None:
     _SUPPORTED.clear()
 
 
-def launch_kwargs(device: torch.device) -> dict:
-    """Extra keyword arguments for a Triton launch on `device`."""
-    return {"launch_pdl": True} if enabled(device) else {}
+def launch_args(device: torch.device) -> dict:
+    """Keyword arguments for a Triton launch on `device`: the kernel's `PDL` constexpr and, when on,
+    Triton's `launch_pdl`."""
+    return {"PDL": True, "launch_pdl": True} if enabled(device) else {"PDL": False}
 
 
-__all__ = ["enabled", "force", "launch_kwargs", "gdc_wait", "gdc_launch_dependents"]
+@triton.jit
+def enter_small_kernel(PDL: tl.constexpr):
+    """First statement of a small PDL kernel: let the next kernel launch now, then wait for ours."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+
+
+__all__ = ["enabled", "force", "launch_args", "enter_small_kernel", "gdc_wait", "gdc_launch_dependents"]

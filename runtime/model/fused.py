@@ -14,15 +14,13 @@ import triton
 import triton.language as tl
 
 from runtime import pdl
-from runtime.pdl import gdc_launch_dependents, gdc_wait
+from runtime.pdl import enter_small_kernel
 
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, stride_x, stride_r, stride_o, eps,
                      HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # small kernel: let the next one launch (and prefetch its weights) now; see runtime/pdl.py
-        gdc_launch_dependents()
-        gdc_wait()
+    enter_small_kernel(PDL)  # see runtime/pdl.py
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -47,16 +45,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
             x, residual if residual is not None else x, weight, out, res_out, cols, x.stride(0),
             residual.stride(0) if residual is not None else 0, out.stride(0), eps,
             HAS_RESIDUAL=residual is not None, BLOCK=triton.next_power_of_2(cols), num_warps=8 if cols >= 2048 else 4,
-            PDL=pdl.enabled(x.device), **pdl.launch_kwargs(x.device),
+            **pdl.launch_args(x.device),
         )
     return (out, res_out) if residual is not None else out
 
 
 @triton.jit
 def _silu_mul_kernel(x_ptr, out_ptr, n_cols, stride_x, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
+    enter_small_kernel(PDL)  # see runtime/pdl.py
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -76,7 +72,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
         block = 1024
         _silu_mul_kernel[(rows, triton.cdiv(half, block))](
             gate_up, out, half, gate_up.stride(0), BLOCK=block,
-            PDL=pdl.enabled(gate_up.device), **pdl.launch_kwargs(gate_up.device),
+            **pdl.launch_args(gate_up.device),
         )
     return out
 
@@ -84,9 +80,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 @triton.jit
 def _rotary_kernel(x_ptr, cos_ptr, sin_ptr, stride_t, stride_h, stride_cs, num_heads,
                    HALF: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
+    enter_small_kernel(PDL)  # see runtime/pdl.py
     token = tl.program_id(0)
     heads = tl.arange(0, BLOCK_H)[:, None]
     offs = tl.arange(0, HALF)[None, :]
@@ -109,5 +103,5 @@ def rotary_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     if tokens:
         _rotary_kernel[(tokens,)](x, cos, sin, x.stride(0), x.stride(1), cos.stride(0), heads,
                                   HALF=dim // 2, BLOCK_H=triton.next_power_of_2(heads),
-                                  PDL=pdl.enabled(x.device), **pdl.launch_kwargs(x.device))
+                                  **pdl.launch_args(x.device))
     return x

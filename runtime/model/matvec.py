@@ -137,8 +137,8 @@ def vector_matmul(
     _vector_kernel[(triton.cdiv(n, config.block_n),)](
         x, weight, y, residual if residual is not None else x, res_out,
         norm_weight if norm_weight is not None else x, n, k, weight.stride(0), eps,
-        BLOCK_N=config.block_n, BLOCK_K=config.block_k, PDL=pdl.enabled(x.device),
+        BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         INPUT=mode, HAS_RESIDUAL=residual is not None,
-        num_warps=config.num_warps, num_stages=config.num_stages, **pdl.launch_kwargs(x.device),
+        num_warps=config.num_warps, num_stages=config.num_stages, **pdl.launch_args(x.device),
     )
     return (y, res_out) if norm_weight is not None else y

@@ -17,18 +17,18 @@ def restore():
 
 def test_cpu_tensors_never_launch_with_pdl_even_when_forced():
     cpu = torch.device("cpu")
-    assert pdl.enabled(cpu) is False and pdl.launch_kwargs(cpu) == {}
+    assert pdl.enabled(cpu) is False and pdl.launch_args(cpu) == {"PDL": False}
     pdl.force(True)
-    assert pdl.enabled(cpu) is False and pdl.launch_kwargs(cpu) == {}
+    assert pdl.enabled(cpu) is False and pdl.launch_args(cpu) == {"PDL": False}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_force_overrides_the_automatic_choice_on_a_gpu(monkeypatch):
     cuda = torch.device("cuda")
     pdl.force(True)
-    assert pdl.launch_kwargs(cuda) == {"launch_pdl": True}
+    assert pdl.launch_args(cuda) == {"PDL": True, "launch_pdl": True}
     pdl.force(False)
-    assert pdl.launch_kwargs(cuda) == {}
+    assert pdl.launch_args(cuda) == {"PDL": False}
     monkeypatch.setenv("SGFLOW_DISABLE_PDL", "1")
     pdl.force(None)  # back to automatic: the switch is read again
     assert pdl.enabled(cuda) is False

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from runtime import pdl
-from runtime.pdl import gdc_launch_dependents, gdc_wait
+from runtime.pdl import enter_small_kernel
 
 LOG2_E = 1.4426950408889634
 MIN_DOT_ROWS = 16  # tl.dot needs at least 16 rows on the tensor cores
@@ -56,9 +56,7 @@ def _decode_split_kernel(
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
     KV_VIA_F32: tl.constexpr,
 ):
-    if PDL:  # see runtime/pdl.py
-        gdc_launch_dependents()
-        gdc_wait()
+    enter_small_kernel(PDL)  # see runtime/pdl.py
     batch = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -129,9 +127,7 @@ def _decode_merge_kernel(
     stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h, stride_o_b, stride_o_h,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
+    enter_small_kernel(PDL)  # see runtime/pdl.py
     batch = tl.program_id(0)
     head = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -207,7 +203,7 @@ def decode_attention_table(
     mid_o = torch.empty(mid_shape, dtype=torch.float32, device=q.device)
     mid_lse = torch.empty(mid_shape[:3], dtype=torch.float32, device=q.device)
     mid_strides = (mid_o.stride(0), mid_o.stride(1), mid_lse.stride(0), mid_lse.stride(1))
-    use_pdl, launch_pdl = pdl.enabled(q.device), pdl.launch_kwargs(q.device)
+    launch_pdl = pdl.launch_args(q.device)
     _decode_split_kernel[(batch_size, num_kv_heads, num_splits)](
         q, k_buffer, v_buffer, table, rows, row_stride, seq_lens, mid_o, mid_lse,
         scaling * LOG2_E,
@@ -215,7 +211,7 @@ def decode_attention_table(
         *mid_strides, out, out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_H=max(MIN_DOT_ROWS, triton.next_power_of_2(group)),
         BLOCK_D=block_d, BLOCK_N=config.block_n, DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages, PDL=use_pdl, SINGLE_SPLIT=num_splits == 1,
+        num_warps=config.num_warps, num_stages=config.num_stages, SINGLE_SPLIT=num_splits == 1,
         KV_VIA_F32=k_buffer.dtype != q.dtype, **launch_pdl,
     )
     if num_splits == 1:
@@ -224,6 +220,6 @@ def decode_attention_table(
         mid_o, mid_lse, out, num_splits,
         *mid_strides, out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(num_splits),
-        PDL=use_pdl, **launch_pdl,
+        **launch_pdl,
     )
     return out

@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from runtime import pdl
-from runtime.pdl import gdc_launch_dependents, gdc_wait
+from runtime.pdl import enter_small_kernel
 
 
 def is_interpreting() -> bool:
@@ -30,9 +30,7 @@ def _store_kv_kernel(
     PDL: tl.constexpr,
 ):
     # One program per token: copies its [num_kv_heads, head_dim] K and V rows to the token's slot.
-    if PDL:  # see runtime/pdl.py
-        gdc_launch_dependents()
-        gdc_wait()
+    enter_small_kernel(PDL)  # see runtime/pdl.py
     token = tl.program_id(0).to(tl.int64)
     # NOTE: slot * stride can pass 2**31 in a large pool, so offsets are int64.
     slot = tl.load(loc_ptr + token).to(tl.int64)
@@ -76,5 +74,5 @@ def store_kv(
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_buffer.stride(0), k_buffer.stride(1),
         NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
         BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
-        PDL=pdl.enabled(k.device), **pdl.launch_kwargs(k.device),
+        **pdl.launch_args(k.device),
     )
