@@ -12,6 +12,8 @@ Sections (each independent; a failure is recorded and the script goes on):
   json       JSON-schema-constrained decoding at batch 64 vs unconstrained (short and long outputs)
   hfworkload our engine on exactly what HF generate_batch ran (n requests, 512 tokens each)
   memory     KV capacity, and whether decode allocates new device memory per step
+  offline_fp8, offline_fp8w, offline_fp8w_kv   offline and batch-1 decode with the lossy options:
+             the fp8 KV cache, fp8 weights (quantization="fp8"), and both
   flashinfer the FlashInfer backend end to end on the 8B shape: agreement with Triton, decode, offline
   hf         HF transformers baselines on the same shape (generate b=1; generate_batch)
 Prints a compact table last; writes results.json and log lines to --out.
@@ -169,14 +171,16 @@ def decode_b1(engine, copy_tb_s):
         "roofline_fraction": round(rates["cuda_graph"] * ideal_s, 3), "weight_gb": round(weight_bytes / 1e9, 2)}
 
 
-def offline_fp8_kv(path, n, copy_tb_s):
-    """The offline workload and batch-1 decode with kv_cache_dtype="fp8_e4m3": half the KV bytes
-    (twice the pool, half the decode attention traffic), lossy (accuracy: the logits section)."""
+def offline_variant(path, n, copy_tb_s, **options):
+    """The offline workload and batch-1 decode on an engine with lossy options: kv_cache_dtype="fp8_e4m3"
+    (twice the pool, half the decode attention traffic) or quantization="fp8" (fp8 matmuls). Their
+    accuracy is measured in the logits section."""
     from runtime import Engine
 
-    engine = Engine(model_path=path, load_format="dummy", kv_cache_dtype="fp8_e4m3")
+    engine = Engine(model_path=path, load_format="dummy", **options)
     try:
-        res = dict(kv_capacity_tokens=engine.max_total_tokens, max_running_requests=engine.config.max_running_requests)
+        res = dict(options=options, kv_capacity_tokens=engine.max_total_tokens,
+                   max_running_requests=engine.config.max_running_requests)
         res["offline"] = offline(engine, n)
         res["decode_b1_1k"] = decode_b1(engine, copy_tb_s)
         engine.check_integrity()
@@ -185,6 +189,13 @@ def offline_fp8_kv(path, n, copy_tb_s):
         del engine
         free_memory()
     return res
+
+
+LOSSY_VARIANTS = {  # section name → engine options
+    "offline_fp8": dict(kv_cache_dtype="fp8_e4m3"),
+    "offline_fp8w": dict(quantization="fp8"),
+    "offline_fp8w_kv": dict(quantization="fp8", kv_cache_dtype="fp8_e4m3"),
+}
 
 
 def workload(n, seed=0):
@@ -308,7 +319,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
-    parser.add_argument("--sections", default="env,small,logits,decode,offline,prefix,json,memory,hfworkload,offline_fp8,flashinfer,hf")
+    parser.add_argument("--sections", default="env,small,logits,decode,offline,prefix,json,memory,hfworkload,offline_fp8,offline_fp8w,offline_fp8w_kv,flashinfer,hf")
     parser.add_argument("--hf-requests", type=int, default=256, help="requests given to HF generate_batch")
     parser.add_argument("--hf-impls", default="sdpa,paged|sdpa", help="attn_implementation values for generate_batch")
     args = parser.parse_args()
@@ -352,8 +363,9 @@ def main() -> None:
         engine.shutdown()
         del engine
         free_memory()
-        if "offline_fp8" in wanted:
-            section("offline_fp8_kv", offline_fp8_kv, path, n_offline, copy_tb_s)
+        for name, options in LOSSY_VARIANTS.items():
+            if name in wanted:
+                section(name, offline_variant, path, n_offline, copy_tb_s, **options)
         if "prefix" in wanted:
             off = Engine(model_path=path, load_format="dummy", disable_radix_cache=True)
             section("prefix_radix_off", shared_prefix, off, n_prefix)

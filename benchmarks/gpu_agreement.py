@@ -27,6 +27,7 @@ def cast_keeping_rope(hf, dtype: torch.dtype):
 def logits(path):
     from runtime import Engine
     from runtime.model.loader import _copy_tensor, checkpoint_targets
+    from runtime.model.fp8 import quantize_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
     with torch.device("cuda"):
@@ -39,7 +40,7 @@ def logits(path):
     ids = torch.randint(100, 120000, (512,), generator=torch.Generator().manual_seed(0)).tolist()
     rows, targets = torch.arange(len(ids) - 1), torch.tensor(ids[1:])
 
-    def ours_with(kv_cache_dtype):  # our prompt logprobs on HF's weights, and the engine's greedy token
+    def ours_with(kv_cache_dtype, fp8_weights=False):  # our prompt logprobs on HF's weights, and greedy token
         engine = Engine(model_path=path, load_format="dummy", max_total_tokens=4096, disable_cuda_graph=True,
                         max_running_requests=4, kv_cache_dtype=kv_cache_dtype)
         names = checkpoint_targets(engine.runner.model)
@@ -47,6 +48,8 @@ def logits(path):
             for name, tensor in hf.state_dict().items():
                 if name in names:
                     _copy_tensor(name, tensor, *names[name])
+            if fp8_weights:  # as quantization="fp8" does after loading, here after HF's weights are in
+                quantize_model(engine.runner.model)
         out = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 1, "temperature": 0},
                               return_logprob=True, logprob_start_len=0)
         engine.shutdown()
@@ -56,6 +59,7 @@ def logits(path):
 
     ours, our_first = ours_with("auto")
     ours_fp8, _ = ours_with("fp8_e4m3")  # the lossy KV option: how far from exact does it move us?
+    ours_fp8w, fp8w_first = ours_with("auto", fp8_weights=True)  # the lossy weight option
     with torch.no_grad():
         ref = hf(torch.tensor([ids], device="cuda")).logits[0].float()
     theirs = torch.log_softmax(ref, -1)[rows, targets].cpu()
@@ -74,7 +78,8 @@ def logits(path):
     return dict(prompt_logprob_max_abs_err=round(float((ours - theirs).abs().max()), 4),
                 prompt_logprob_rel_err_vs_hf_bf16=rel(ours, theirs), ours_bf16_rel_err_vs_fp32=rel(ours, exact),
                 hf_bf16_rel_err_vs_fp32=rel(theirs, exact), ours_fp8_kv_rel_err_vs_fp32=rel(ours_fp8, exact),
-                first_token_equal=our_first == first)
+                ours_fp8_weights_rel_err_vs_fp32=rel(ours_fp8w, exact), first_token_equal=our_first == first,
+                fp8_weights_first_token_equal=fp8w_first == first)
 
 
 def flashinfer_e2e(path, copy_tb_s):

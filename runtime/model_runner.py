@@ -77,6 +77,8 @@ class ModelRunner:
             seed=config.random_seed,
         )
         self.dtype = resolve_dtype(config.dtype, self.model_config)
+        if config.quantization == "fp8":
+            self._quantize_fp8()
         self.kv_dtype = resolve_kv_dtype(config.kv_cache_dtype, self.dtype)
         if self.attention_backend_name == "flashinfer" and self.dtype == torch.float32:
             raise ValueError("attention_backend='flashinfer' needs dtype float16 or bfloat16, not float32")
@@ -101,6 +103,17 @@ class ModelRunner:
             mc.architecture, self.device, self.dtype, self.attention_backend_name, self.max_total_tokens, self.kv_dtype,
             self.context_len,
         )
+
+    def _quantize_fp8(self) -> None:
+        from runtime.model.fp8 import check_supported, quantize_model
+
+        if self.dtype != torch.bfloat16:
+            raise ValueError(f"quantization='fp8' needs dtype bfloat16, the model runs in {self.dtype}")
+        check_supported(self.device)
+        layers = quantize_model(self.model)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # the bf16 weights' memory goes back to the KV budget
+        logger.info("fp8 weights in %d linear layers", layers)
 
     def _context_len(self) -> int:
         model_len = self.model_config.context_length

@@ -107,7 +107,11 @@ class Linear(nn.Module):
 
     Decode batches may go to our Triton kernels instead of cuBLAS (gemv.py): one row to the vector
     kernel when `vector_config` is set, 2..`skinny_max_m` rows to the skinny matmul. Both are off
-    unless the start-up measurement found them faster for this shape (matmul_choice.py)."""
+    unless the start-up measurement found them faster for this shape (matmul_choice.py).
+
+    With `quantization="fp8"` the weight is e4m3 and `weight_scale` [1, output_size] holds its
+    per-row scales (fp8.py); every product then runs in fp8, except one row on the vector kernel,
+    which reads the fp8 weight and keeps x in the model dtype."""
 
     def __init__(self, input_size: int, output_size: int, bias: bool = False):
         super().__init__()
@@ -115,6 +119,7 @@ class Linear(nn.Module):
         self.output_size = output_size
         self.weight = nn.Parameter(torch.empty(output_size, input_size))
         self.bias = nn.Parameter(torch.empty(output_size)) if bias else None
+        self.register_buffer("weight_scale", None)  # set by fp8.quantize_model
         self.vector_config = None
         self.skinny_max_m = 0
 
@@ -126,7 +131,8 @@ class Linear(nn.Module):
         """self(silu(gate) * up) for [1, 2 * input_size] gate|up, in one kernel (takes_one_row only)."""
         from runtime.model.matvec import vector_matmul
 
-        return self.add_bias(vector_matmul(gate_up, self.weight, self.vector_config, silu_mul=True))
+        return self.add_bias(vector_matmul(gate_up, self.weight, self.vector_config, silu_mul=True,
+                                           weight_scale=self.weight_scale))
 
     def add_bias(self, y: torch.Tensor) -> torch.Tensor:
         return y if self.bias is None else y + self.bias
@@ -135,7 +141,12 @@ class Linear(nn.Module):
         if self.takes_one_row(x):
             from runtime.model.matvec import vector_matmul
 
-            return self.add_bias(vector_matmul(x, self.weight, self.vector_config))
+            return self.add_bias(vector_matmul(x, self.weight, self.vector_config, weight_scale=self.weight_scale))
+        if self.weight_scale is not None:
+            from runtime.model.fp8 import fp8_linear
+
+            return self.add_bias(fp8_linear(x.reshape(-1, x.shape[-1]), self.weight, self.weight_scale)).view(
+                *x.shape[:-1], self.output_size)
         if 1 < x.shape[0] <= self.skinny_max_m and x.dim() == 2 and x.stride(1) == 1:
             from runtime.model.gemv import skinny_matmul
 
@@ -152,7 +163,7 @@ def norm_then_linear(
         from runtime.model.matvec import vector_matmul
 
         y, residual = vector_matmul(x, linear.weight, linear.vector_config, norm_weight=norm.weight, eps=norm.eps,
-                                    residual=residual)
+                                    residual=residual, weight_scale=linear.weight_scale)
         return linear.add_bias(y), residual
     if residual is None:
         return linear(norm(x)), x

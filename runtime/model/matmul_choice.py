@@ -5,6 +5,8 @@ start-up by timing them on the loaded model's weight shapes, on this card.
   H200 the best shape differed by projection (o_proj and down_proj liked 1,024-wide K tiles, qkv
   512) and the wrong one cost up to 30%, so the choice is per shape, not one global config.
 - 2 <= M <= 16: cuBLAS against the skinny kernel.
+- fp8 weights (fp8.py): at M = 1 the vector kernel reading fp8 against torch._scaled_mm; larger M
+  always runs _scaled_mm (the skinny kernel reads 16-bit weights only).
 
 A kernel is used only where it wins by a margin, since a win inside the noise of the timing is no
 win. The timing cycles through enough copies of the weight to overflow L2, as in the model where every
@@ -68,22 +70,29 @@ def graph_time_us(fn, reps: int = 10, iters: int = 10) -> float:
     return statistics.median(times)
 
 
-def time_projection(kind, weight: torch.Tensor, m: int) -> float:
-    """µs of one [m, K] x weight^T product, in a CUDA graph. `kind`: "cublas", "skinny" (the skinny
-    kernel) or a VectorConfig (the vector kernel, m = 1).
+def time_projection(kind, weight: torch.Tensor, m: int, weight_scale: torch.Tensor | None = None,
+                    act_dtype: torch.dtype = torch.bfloat16) -> float:
+    """µs of one [m, K] x weight^T product, in a CUDA graph. `kind`: "cublas" (torch._scaled_mm for an
+    fp8 weight, which comes with its `weight_scale`), "skinny" (the skinny kernel) or a VectorConfig
+    (the vector kernel, m = 1). x is in the weight's dtype, or `act_dtype` for an fp8 weight.
 
     In the model every weight streams from HBM; a shape that fits in L2 would time at cache speed if
     repeated. So the graph cycles through enough copies of the weight to overflow L2 several times."""
     l2_bytes = getattr(torch.cuda.get_device_properties(weight.device), "L2_cache_size", 64 * 2**20)
     copies = max(2, min(16, -(-4 * l2_bytes // (weight.numel() * weight.element_size()))))
     weights = [weight.clone() for _ in range(copies)]
-    x = torch.randn(m, weight.shape[1], dtype=weight.dtype, device=weight.device)
-    if kind == "cublas":
+    x = torch.randn(m, weight.shape[1], dtype=act_dtype if weight_scale is not None else weight.dtype,
+                    device=weight.device)
+    if kind == "cublas" and weight_scale is not None:
+        from runtime.model.fp8 import fp8_linear
+
+        calls = [lambda w=w: fp8_linear(x, w, weight_scale) for w in weights]
+    elif kind == "cublas":
         calls = [lambda w=w: F.linear(x, w) for w in weights]
     elif kind == "skinny":
         calls = [lambda w=w: skinny_matmul(x, w) for w in weights]  # its default shape, as Linear runs it
     else:
-        calls = [lambda w=w: vector_matmul(x, w, kind) for w in weights]
+        calls = [lambda w=w: vector_matmul(x, w, kind, weight_scale=weight_scale) for w in weights]
 
     def run_all():
         for call in calls:
@@ -92,45 +101,52 @@ def time_projection(kind, weight: torch.Tensor, m: int) -> float:
     return graph_time_us(run_all, reps=1) / copies
 
 
-def _half_on_cuda(weight: torch.Tensor) -> bool:
+def _eligible(layer) -> bool:
     # tl.dot would round float32 to tf32: float32 models stay on cuBLAS
-    return weight.is_cuda and weight.dtype in (torch.float16, torch.bfloat16) and weight.stride(1) == 1
+    weight = layer.weight
+    low_precision = weight.dtype in (torch.float16, torch.bfloat16) or layer.weight_scale is not None
+    return weight.is_cuda and low_precision and weight.stride(1) == 1
 
 
 def choose_matmul_routes(
-    model: torch.nn.Module, timer=time_projection, eligible=_half_on_cuda, vector_candidates=VECTOR_CANDIDATES
+    model: torch.nn.Module, timer=time_projection, eligible=_eligible, vector_candidates=VECTOR_CANDIDATES
 ) -> dict:
     """Time cuBLAS and our kernels on each distinct Linear weight shape at M = 1 and M = MAX_M and
     set `vector_config` and `skinny_max_m` on every Linear of that shape. Returns {(N, K): Route}."""
     from runtime.model.layers import Linear
 
-    chosen: dict[tuple[int, int], Route] = {}
+    chosen: dict[tuple, Route] = {}
     spun_up = False
     for layer in model.modules():
-        if not isinstance(layer, Linear) or not eligible(layer.weight):
+        if not isinstance(layer, Linear) or not eligible(layer):
             continue
-        key = tuple(layer.weight.shape)
+        fp8 = layer.weight_scale is not None
+        key = (*layer.weight.shape, "fp8") if fp8 else tuple(layer.weight.shape)
         if key not in chosen:
             if not spun_up and layer.weight.is_cuda:
                 _spin_up(layer.weight)
                 spun_up = True
-            m1 = _least_times(timer, layer.weight, 1, ["cublas", *vector_candidates])
+            scale = {"weight_scale": layer.weight_scale} if fp8 else {}
+            m1 = _least_times(timer, layer.weight, 1, ["cublas", *vector_candidates], **scale)
             best = min(vector_candidates, key=lambda c: m1[c], default=None)
             vector = best if best is not None and m1["cublas"] >= MIN_SPEEDUP_VECTOR * m1[best] else None
-            m16 = _least_times(timer, layer.weight, MAX_M, ["cublas", "skinny"])
-            chosen[key] = Route(vector, MAX_M if m16["cublas"] >= MIN_SPEEDUP * m16["skinny"] else 0)
+            skinny = 0
+            if not fp8:
+                m16 = _least_times(timer, layer.weight, MAX_M, ["cublas", "skinny"])
+                skinny = MAX_M if m16["cublas"] >= MIN_SPEEDUP * m16["skinny"] else 0
+            chosen[key] = Route(vector, skinny)
         layer.vector_config = chosen[key].vector
         layer.skinny_max_m = chosen[key].skinny_max_m
     return chosen
 
 
-def _least_times(timer, weight: torch.Tensor, m: int, kinds: list, rounds: int = 3) -> dict:
+def _least_times(timer, weight: torch.Tensor, m: int, kinds: list, rounds: int = 3, **timer_args) -> dict:
     """{kind: µs}, each the least of `rounds` timings taken in turn: interference and clock changes
     only ever add time, and taking turns spreads any drift over all kinds."""
     best = {kind: float("inf") for kind in kinds}
     for _ in range(rounds):
         for kind in kinds:
-            best[kind] = min(best[kind], timer(kind, weight, m))
+            best[kind] = min(best[kind], timer(kind, weight, m, **timer_args))
     return best
 
 
@@ -139,7 +155,7 @@ def _spin_up(weight: torch.Tensor, seconds: float = 0.3) -> None:
     (the first shape timed) to our kernel, which a later measurement of the same shapes showed 20%
     slower than cuBLAS there; batch-1 decode ran at 151.5 tok/s against 155.9 in an earlier run.
     Most likely the idle GPU's clocks had not settled. Timings now also take the least of 3 rounds."""
-    a = torch.randn(4096, 4096, dtype=weight.dtype, device=weight.device)
+    a = torch.randn(4096, 4096, dtype=weight.dtype if weight.element_size() > 1 else torch.bfloat16, device=weight.device)
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         for _ in range(20):

@@ -18,6 +18,9 @@ streams them once over all of K, multiplying on the CUDA cores. Three things kee
 (Asking L2 to bulk-prefetch part of the rows before the wait was tried too: on an H200 it made every
 projection 2-15% slower, and was dropped.)
 
+With fp8 weights (runtime/model/fp8.py) the kernel reads e4m3 rows, half the bytes, and multiplies
+each output by its row's scale at the end; x stays in the model dtype.
+
 The fused inputs take the same rounding steps as the unfused kernels in fused.py (add in the model
 dtype, float32 statistics, cast, scale, cast). Only the order of the norm's float32 sum differs; a
 review measured 0 differing elements in 3.3M against fused.rms_norm.
@@ -68,9 +71,9 @@ def _input_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, INPUT: tl.constexp
 
 @triton.jit
 def _vector_kernel(
-    x_ptr, w_ptr, y_ptr, res_ptr, res_out_ptr, norm_ptr, N, K, stride_wn, eps,
+    x_ptr, w_ptr, y_ptr, res_ptr, res_out_ptr, norm_ptr, w_scale_ptr, N, K, stride_wn, eps,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-    INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -106,7 +109,10 @@ def _vector_kernel(
         acc += w.to(tl.float32) * _input_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, INPUT, HAS_RESIDUAL)[None, :]
     if PDL:
         gdc_launch_dependents()  # after the loop, so the next kernel's programs don't take our SM slots
-    tl.store(y_ptr + offs_n, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=mask_n)
+    y = tl.sum(acc, axis=1)
+    if HAS_SCALE:  # fp8 weights: each row's scale, once per output
+        y = y * tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0)
+    tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
 def vector_matmul(
@@ -117,12 +123,14 @@ def vector_matmul(
     norm_weight: Optional[torch.Tensor] = None,
     eps: float = 1e-6,
     residual: Optional[torch.Tensor] = None,
+    weight_scale: Optional[torch.Tensor] = None,
 ):
-    """x [1, K] @ weight [N, K]^T → [1, N] in weight's dtype (float32 accumulation).
+    """x [1, K] @ weight [N, K]^T → [1, N] in x's dtype (float32 accumulation).
 
     silu_mul: x is [1, 2K] gate|up and the product takes silu(gate) * up.
     norm_weight: the product takes rms_norm(x (+ residual)) * norm_weight and the call returns
-    (y, x + residual), or (y, x) without a residual: the residual stream after the add."""
+    (y, x + residual), or (y, x) without a residual: the residual stream after the add.
+    weight_scale: [1, N] float32 row scales of an fp8 weight (fp8.quantize_weight)."""
     n, k = weight.shape
     want = (1, 2 * k) if silu_mul else (1, k)
     if tuple(x.shape) != want:
@@ -131,14 +139,16 @@ def vector_matmul(
         raise ValueError("vector_matmul needs contiguous rows")
     if silu_mul and norm_weight is not None:
         raise ValueError("vector_matmul fuses either silu_mul or a norm, not both")
-    y = torch.empty(1, n, dtype=weight.dtype, device=x.device)
+    if weight_scale is not None and weight_scale.numel() != n:
+        raise ValueError(f"vector_matmul takes one weight scale per row ({n}), got {weight_scale.numel()}")
+    y = torch.empty(1, n, dtype=x.dtype, device=x.device)
     res_out = torch.empty_like(x) if residual is not None else x
     mode = RMS_NORM if norm_weight is not None else (SILU_MUL if silu_mul else PLAIN)
     _vector_kernel[(triton.cdiv(n, config.block_n),)](
         x, weight, y, residual if residual is not None else x, res_out,
-        norm_weight if norm_weight is not None else x, n, k, weight.stride(0), eps,
-        BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        INPUT=mode, HAS_RESIDUAL=residual is not None,
+        norm_weight if norm_weight is not None else x, weight_scale if weight_scale is not None else x,
+        n, k, weight.stride(0), eps, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        INPUT=mode, HAS_RESIDUAL=residual is not None, HAS_SCALE=weight_scale is not None,
         num_warps=config.num_warps, num_stages=config.num_stages, **pdl.launch_args(x.device),
     )
     return (y, res_out) if norm_weight is not None else y

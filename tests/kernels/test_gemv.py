@@ -103,7 +103,7 @@ def test_linear_routes_decode_rows_to_the_chosen_kernel(monkeypatch):
     calls = []
     real_skinny, real_vector = gemv.skinny_matmul, matvec.vector_matmul
     monkeypatch.setattr(gemv, "skinny_matmul", lambda x, w, **kw: calls.append(("skinny", x.shape[0])) or real_skinny(x, w, config=SMALL))
-    monkeypatch.setattr(matvec, "vector_matmul", lambda x, w, c: calls.append(("vector", c)) or real_vector(x, w, SMALL_VECTOR))
+    monkeypatch.setattr(matvec, "vector_matmul", lambda x, w, c, **kw: calls.append(("vector", c)) or real_vector(x, w, SMALL_VECTOR, **kw))
     layer.skinny_max_m, layer.vector_config = 4, FAST
     for m in (1, 4, 5):
         x = torch.randn(m, 32)

@@ -15,6 +15,7 @@ from runtime.config import EngineConfig
     ({"page_size": 16}, ["page_size", "1"]),
     ({"attention_backend": "cudnn"}, ["attention_backend", "triton"]),
     ({"kv_cache_dtype": "int8"}, ["kv_cache_dtype", "fp8_e4m3"]),
+    ({"quantization": "int4"}, ["quantization", "fp8"]),
 ])
 def test_bad_value_is_refused_with_the_field_and_limit(kwargs, words):
     with pytest.raises(ValueError) as err:

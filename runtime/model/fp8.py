@@ -1,0 +1,110 @@
+"""fp8 weights (W8A8, e4m3): `quantization="fp8"` halves the bytes and, on Hopper, the time of every
+matmul except the LM head's.
+
+Each weight is quantised once, after loading, with one scale per output channel (its row). Each
+input is quantised as it arrives, with one scale per row (per token), by a one-pass Triton kernel on
+the GPU. torch._scaled_mm multiplies the two in fp8 and applies both scales in its epilogue:
+
+    y[m, n] = (sum_k xq[m, k] * wq[n, k]) * x_scale[m] * w_scale[n]
+
+Per-row and per-channel scales keep one outlier token or channel from flattening everyone else's
+precision, which a single scale per tensor would. The scales are amax / 448 (e4m3's largest value).
+This is lossy: benchmarks/RESULTS.md reports the logprob error next to bf16's.
+
+The LM head stays in the model dtype: its logits feed sampling directly, and it is a small share of
+the compute. Embeddings and norms are not matmuls and stay too.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from runtime import pdl
+from runtime.pdl import enter_small_kernel
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0  # largest finite e4m3fn value
+MIN_SCALE = 1e-12  # an all-zero row gets this scale, not 0 (which would divide by zero)
+QUANTIZATIONS = ("fp8",)
+
+
+def check_supported(device: torch.device) -> None:
+    """ValueError naming the option where fp8 matmuls cannot run: CUDA GPUs before Ada/Hopper."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        name = torch.cuda.get_device_name(device)
+        raise ValueError(f"quantization='fp8' needs a GPU of compute capability 8.9 or later (Ada, Hopper); "
+                         f"{name} is {torch.cuda.get_device_capability(device)}")
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight [N, K] → (e4m3 [N, K], float32 scale [1, N]): one scale per output channel."""
+    scale = (weight.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=MIN_SCALE)
+    quantized = (weight.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return quantized, scale.reshape(1, -1).contiguous()
+
+
+@triton.jit
+def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, n_cols, stride_x, stride_o, min_scale,
+                          FP8_MAX: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    # One program per row, two sweeps: the row's amax, then the scaled cast. The second sweep reads
+    # what the first just brought into L1/L2, so HBM sees the row once.
+    enter_small_kernel(PDL)  # see runtime/pdl.py
+    row = tl.program_id(0)
+    amax = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, n_cols, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * stride_x + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(x))
+    scale = tl.maximum(tl.max(amax, axis=0) / FP8_MAX, min_scale)
+    tl.store(scale_ptr + row, scale)
+    for start in range(0, n_cols, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        q = tl.clamp(x / scale, -FP8_MAX, FP8_MAX)
+        tl.store(out_ptr + row * stride_o + cols, q.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] → (e4m3 [M, K], float32 scale [M, 1]): one scale per row, computed from the row."""
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if not x.is_cuda:
+        scale = (x.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=MIN_SCALE)
+        return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+    rows, cols = x.shape
+    out = torch.empty((rows, cols), dtype=FP8, device=x.device)
+    scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
+    if rows:
+        _quantize_rows_kernel[(rows,)](
+            x, out, scale, cols, x.stride(0), out.stride(0), MIN_SCALE, FP8_MAX=FP8_MAX,
+            BLOCK=min(4096, triton.next_power_of_2(cols)), num_warps=8 if cols >= 4096 else 4,
+            **pdl.launch_args(x.device),
+        )
+    return out, scale
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    """x [M, K] (model dtype) times an fp8 weight [N, K] with its [1, N] scales → [M, N] in x's dtype."""
+    if x.shape[0] == 0:
+        return x.new_empty((0, weight.shape[0]))
+    xq, x_scale = quantize_rows(x)
+    return torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale, out_dtype=x.dtype)
+
+
+def quantize_model(model: torch.nn.Module) -> int:
+    """Every Linear except the LM head → fp8 weight and scales, in place, one layer at a time (so the
+    peak memory is the bf16 model's). Returns the number of layers quantised."""
+    from runtime.model.layers import Linear
+
+    lm_head = getattr(model, "lm_head", None)
+    count = 0
+    for module in model.modules():
+        if isinstance(module, Linear) and module is not lm_head and module.weight.dtype != FP8:
+            quantized, scale = quantize_weight(module.weight.data)
+            module.weight = torch.nn.Parameter(quantized, requires_grad=False)
+            module.weight_scale = scale
+            count += 1
+    return count

@@ -1,0 +1,177 @@
+"""fp8 weights (quantization="fp8"): the quantisers, the scaled product, the vector kernel reading
+fp8 rows (under TRITON_INTERPRET=1), and the engine option end to end on the CPU.
+
+Triton's CPU interpreter rounds float -> fp8 wrongly when the mantissa carries (see test_fp8_kv.py),
+so the kernel's quantiser is compared on rows whose scaled values are exactly representable."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from runtime.model import fp8  # noqa: E402
+from runtime.model.layers import GatedMLP, Linear, RMSNorm, _torch_rms_norm, norm_then_linear  # noqa: E402
+from runtime.model.matvec import VectorConfig, vector_matmul  # noqa: E402
+
+SMALL = VectorConfig(block_n=8, block_k=32)
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _dequantized(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale.reshape(-1, 1)
+
+
+def test_weight_scales_are_per_row_and_reconstruct_within_e4m3_precision():
+    w = _rand(24, 80, seed=1)
+    w[3] *= 100.0  # an outlier row must not cost the other rows their precision
+    w[5] = 0.0  # an all-zero row: a finite scale, zeros back
+    q, scale = fp8.quantize_weight(w)
+    assert q.dtype == fp8.FP8 and scale.shape == (1, 24) and scale.dtype == torch.float32
+    torch.testing.assert_close(scale[0, 3], w[3].abs().max() / fp8.FP8_MAX)
+    assert float(q.float().abs().amax(dim=1)[3]) == fp8.FP8_MAX  # each row's largest value maps to 448
+    back = _dequantized(q, scale)
+    assert torch.equal(back[5], torch.zeros(80))
+    # e4m3 keeps 3 mantissa bits: each value within 1/16 of itself, or of the scale near zero
+    assert bool(((back - w).abs() <= w.abs() / 16 + scale.reshape(-1, 1) * 2**-9).all())
+
+
+def test_row_quantiser_kernel_matches_torch_on_exact_rows():
+    # rows = representable e4m3 values × a per-row scale, with ±448 in each row: the kernel must find
+    # the same scale and reproduce the same bytes (no rounding involved)
+    codes = torch.arange(0, 256, dtype=torch.uint8).view(fp8.FP8).float()
+    codes = codes[torch.isfinite(codes)]
+    picks = torch.randint(0, codes.numel(), (3, 5000), generator=torch.Generator().manual_seed(2))
+    values = codes[picks]
+    values[:, 7] = fp8.FP8_MAX
+    values[1, 9] = -fp8.FP8_MAX
+    row_scale = torch.tensor([[0.01], [3.0], [1e-3]])
+    x = values * row_scale
+    out = torch.empty(3, 5000, dtype=fp8.FP8)
+    scale = torch.empty(3, 1)
+    fp8._quantize_rows_kernel[(3,)](x, out, scale, 5000, x.stride(0), out.stride(0), fp8.MIN_SCALE,
+                                    FP8_MAX=fp8.FP8_MAX, BLOCK=1024, PDL=False)
+    want_q, want_scale = fp8.quantize_rows(x)  # the CPU path
+    torch.testing.assert_close(scale, want_scale)
+    torch.testing.assert_close(scale, row_scale, rtol=1e-6, atol=0)
+    assert torch.equal(out.float(), want_q.float())
+
+
+def test_zero_rows_get_a_finite_scale():
+    q, scale = fp8.quantize_rows(torch.zeros(2, 16))
+    assert bool(torch.isfinite(scale).all()) and bool((scale > 0).all())
+    assert torch.equal(q.float(), torch.zeros(2, 16))
+
+
+def test_scaled_product_equals_the_product_of_the_dequantized_operands():
+    w, x = _rand(48, 64, seed=3), _rand(5, 64, seed=4).bfloat16()
+    wq, ws = fp8.quantize_weight(w)
+    xq, xs = fp8.quantize_rows(x)
+    want = _dequantized(xq, xs) @ _dequantized(wq, ws).t()
+    got = fp8.fp8_linear(x, wq, ws)
+    assert got.dtype == torch.bfloat16 and got.shape == (5, 48)
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)  # bf16 output rounding
+    # and against the exact product: the quantisation error e4m3 allows, not more
+    exact = x.float() @ w.t()
+    assert float((got.float() - exact).norm() / exact.norm()) < 0.08
+    assert fp8.fp8_linear(x[:0], wq, ws).shape == (0, 48)
+
+
+@pytest.mark.parametrize("mode", ["plain", "silu_mul", "norm"])
+def test_vector_kernel_reads_fp8_rows_and_applies_their_scales(mode):
+    k = 64
+    w = _rand(40, k, seed=5)
+    wq, ws = fp8.quantize_weight(w)
+    w_deq = _dequantized(wq, ws)
+    if mode == "plain":
+        x = _rand(1, k, seed=6)
+        got, want = vector_matmul(x, wq, SMALL, weight_scale=ws), F.linear(x, w_deq)
+    elif mode == "silu_mul":
+        x = _rand(1, 2 * k, seed=7)
+        got = vector_matmul(x, wq, SMALL, silu_mul=True, weight_scale=ws)
+        want = F.linear(F.silu(x[:, :k]) * x[:, k:], w_deq)
+    else:
+        x, res, norm_w = _rand(1, k, seed=8), _rand(1, k, seed=9), _rand(k, seed=10)
+        got, stream = vector_matmul(x, wq, SMALL, norm_weight=norm_w, eps=1e-5, residual=res, weight_scale=ws)
+        want = F.linear(_torch_rms_norm(x + res, norm_w, 1e-5), w_deq)
+        torch.testing.assert_close(stream, x + res)
+    assert got.dtype == x.dtype
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="one weight scale per row"):
+        vector_matmul(_rand(1, k), wq, SMALL, weight_scale=ws[:, :3])
+
+
+def _fp8_module(module: torch.nn.Module) -> torch.nn.Module:
+    layers = fp8.quantize_model(module)
+    assert layers > 0
+    for layer in module.modules():
+        if isinstance(layer, Linear):
+            assert layer.weight.dtype == fp8.FP8 and layer.weight_scale is not None
+    return module
+
+
+def test_model_layers_route_one_row_to_the_vector_kernel_and_more_rows_to_scaled_mm():
+    torch.manual_seed(0)
+    mlp = GatedMLP(32, 48)
+    for p in mlp.parameters():
+        p.data.normal_(0, 0.1)
+    x = _rand(3, 32, seed=11)
+    ref = {name: _dequantized(*fp8.quantize_weight(p.data)) for name, p in mlp.named_parameters()}
+    _fp8_module(mlp)
+    gate_up = x @ ref["gate_up_proj.weight"].t()
+    want = (F.silu(gate_up[:, :48]) * gate_up[:, 48:]) @ ref["down_proj.weight"].t()
+    # three rows: per-row activation quantisation + scaled matmul (lossy, so loosely)
+    assert float((mlp(x.bfloat16()).float() - want).norm() / want.norm()) < 0.1
+    # one row on the vector kernel (fp8 weights, activations kept): much closer
+    for layer in mlp.modules():
+        if isinstance(layer, Linear):
+            layer.vector_config = SMALL
+    one = mlp(x[:1])
+    torch.testing.assert_close(one, want[:1], atol=1e-3, rtol=1e-3)
+
+    norm, linear = RMSNorm(32, 1e-5), Linear(32, 16)
+    norm.weight.data.fill_(1.0)
+    linear.weight.data.normal_(0, 0.1)
+    w_deq = _dequantized(*fp8.quantize_weight(linear.weight.data))
+    _fp8_module(linear)
+    linear.vector_config = SMALL
+    y, stream = norm_then_linear(norm, linear, x[:1], x[1:2])
+    torch.testing.assert_close(y, _torch_rms_norm(x[:1] + x[1:2], norm.weight, 1e-5) @ w_deq.t(), atol=1e-4, rtol=1e-4)
+
+
+def test_lm_head_stays_in_the_model_dtype(tmp_path):
+    from runtime.model.loader import load_model
+    from runtime.model.tiny import build_tiny_model
+
+    model, _ = load_model(build_tiny_model(str(tmp_path)), dtype="bfloat16")
+    layers = fp8.quantize_model(model)
+    assert layers == 2 * 2 * model.config.num_layers  # qkv, o, gate_up, down per layer
+    assert model.lm_head.weight.dtype == torch.bfloat16 and model.lm_head.weight_scale is None
+    assert fp8.quantize_model(model) == 0  # idempotent
+
+
+def test_start_up_choice_times_fp8_weights_with_their_scales_and_never_the_skinny_kernel():
+    from runtime.model.matmul_choice import Route, choose_matmul_routes
+
+    model = torch.nn.Sequential(Linear(32, 16), Linear(32, 16))
+    for layer in model:
+        layer.weight.data.normal_()
+    fp8.quantize_model(model)
+    timed = []
+
+    def timer(kind, weight, m, weight_scale=None):
+        assert weight.dtype == fp8.FP8 and weight_scale is not None
+        timed.append((kind, m))
+        return {"cublas": 2.0, SMALL: 1.0}[kind]
+
+    chosen = choose_matmul_routes(model, timer=timer, eligible=lambda layer: True, vector_candidates=(SMALL,))
+    assert chosen == {(16, 32, "fp8"): Route(SMALL, 0)}
+    assert {m for _, m in timed} == {1} and "skinny" not in {k for k, _ in timed}
+    assert all(layer.vector_config == SMALL and layer.skinny_max_m == 0 for layer in model)
