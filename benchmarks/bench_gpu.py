@@ -22,6 +22,7 @@ Prints a compact table last; writes results.json and log lines to --out.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -365,7 +366,7 @@ def main() -> None:
         free_memory()
         for name, options in LOSSY_VARIANTS.items():
             if name in wanted:
-                section(name, offline_variant, path, n_offline, copy_tb_s, **options)
+                section(name, functools.partial(offline_variant, **options), path, n_offline, copy_tb_s)
         if "prefix" in wanted:
             off = Engine(model_path=path, load_format="dummy", disable_radix_cache=True)
             section("prefix_radix_off", shared_prefix, off, n_prefix)

@@ -19,7 +19,9 @@ streams them once over all of K, multiplying on the CUDA cores. Three things kee
 projection 2-15% slower, and was dropped.)
 
 With fp8 weights (runtime/model/fp8.py) the kernel reads e4m3 rows, half the bytes, and multiplies
-each output by its row's scale at the end; x stays in the model dtype.
+each output by its row's scale at the end. It also rounds f(x) to e4m3 with one scale, as
+fp8.quantize_rows does for the rows that go to torch._scaled_mm: a pass over f(x) finds its amax
+first (from L2; x is small). So one request decodes with the same operands alone as in a batch.
 
 The fused inputs take the same rounding steps as the unfused kernels in fused.py (add in the model
 dtype, float32 statistics, cast, scale, cast). Only the order of the norm's float32 sum differs; a
@@ -36,9 +38,12 @@ import triton
 import triton.language as tl
 
 from runtime import pdl
+from runtime.model import fp8
 from runtime.pdl import gdc_launch_dependents, gdc_wait
 
 PLAIN, SILU_MUL, RMS_NORM = 0, 1, 2
+FP8_MAX = tl.constexpr(fp8.FP8_MAX)
+MIN_SCALE = tl.constexpr(fp8.MIN_SCALE)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,16 @@ def _input_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, INPUT: tl.constexp
         w = tl.load(norm_ptr + k, mask=mask_k, other=0.0)
         x = (w.to(tl.float32) * normed.to(tl.float32)).to(x.dtype)
     return x.to(tl.float32)
+
+
+@triton.jit
+def _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_scale,
+                  INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, QUANT_X: tl.constexpr):
+    """f(x)[k] as the product takes it: in float32, or as e4m3 codes of f(x) / x_scale (QUANT_X)."""
+    x = _input_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, INPUT, HAS_RESIDUAL)
+    if QUANT_X:
+        x = tl.clamp(tl.math.div_rn(x, x_scale), -FP8_MAX, FP8_MAX).to(tl.float8e4nv).to(tl.float32)
+    return x
 
 
 @triton.jit
@@ -99,19 +114,27 @@ def _vector_kernel(
             xf = x.to(tl.float32)
             sum_sq += xf * xf
         rstd = tl.rsqrt(tl.sum(sum_sq, axis=0) / K + eps)
+    x_scale = 1.0
+    if HAS_SCALE:  # fp8 weights take fp8 inputs, as in torch._scaled_mm: one scale, amax / 448
+        amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + offs_k
+            amax = tl.maximum(amax, tl.abs(_input_tile(x_ptr, res_ptr, norm_ptr, k, k < K, K, rstd, INPUT, HAS_RESIDUAL)))
+        x_scale = tl.maximum(tl.max(amax, axis=0) / FP8_MAX, MIN_SCALE)
     # products accumulate per (row, lane) and are summed once at the end, not per tile
-    x_first = _input_tile(x_ptr, res_ptr, norm_ptr, offs_k, offs_k < K, K, rstd, INPUT, HAS_RESIDUAL)
+    x_first = _operand_tile(x_ptr, res_ptr, norm_ptr, offs_k, offs_k < K, K, rstd, x_scale, INPUT, HAS_RESIDUAL, HAS_SCALE)
     acc = w_first.to(tl.float32) * x_first[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + offs_k
         mask_k = k < K
         w = tl.load(w_rows + k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        acc += w.to(tl.float32) * _input_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, INPUT, HAS_RESIDUAL)[None, :]
+        x_tile = _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_scale, INPUT, HAS_RESIDUAL, HAS_SCALE)
+        acc += w.to(tl.float32) * x_tile[None, :]
     if PDL:
         gdc_launch_dependents()  # after the loop, so the next kernel's programs don't take our SM slots
     y = tl.sum(acc, axis=1)
-    if HAS_SCALE:  # fp8 weights: each row's scale, once per output
-        y = y * tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0)
+    if HAS_SCALE:  # fp8 operands: x's scale and each weight row's, once per output
+        y = y * x_scale * tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0)
     tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 

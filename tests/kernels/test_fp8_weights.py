@@ -84,28 +84,52 @@ def test_scaled_product_equals_the_product_of_the_dequantized_operands():
     assert fp8.fp8_linear(x[:0], wq, ws).shape == (0, 48)
 
 
-@pytest.mark.parametrize("mode", ["plain", "silu_mul", "norm"])
-def test_vector_kernel_reads_fp8_rows_and_applies_their_scales(mode):
+def _exact_row(k: int, seed: int) -> torch.Tensor:
+    """A row of e4m3-representable values × 0.01 with 448 × 0.01 in it: quantising it rounds nothing."""
+    codes = torch.arange(0, 256, dtype=torch.uint8).view(fp8.FP8).float()
+    codes = codes[torch.isfinite(codes)]
+    row = codes[torch.randint(0, codes.numel(), (1, k), generator=torch.Generator().manual_seed(seed))]
+    row[0, 3] = fp8.FP8_MAX
+    return row * 0.01
+
+
+def _quantized_product(x: torch.Tensor, w_deq: torch.Tensor) -> torch.Tensor:
+    xq, xs = fp8.quantize_rows(x)
+    return (xq.float() * xs) @ w_deq.t()
+
+
+def test_vector_kernel_on_fp8_weights_takes_the_same_operands_as_scaled_mm():
+    # plain input on an exactly representable row: no rounding anywhere but the float32 sums
     k = 64
-    w = _rand(40, k, seed=5)
-    wq, ws = fp8.quantize_weight(w)
+    wq, ws = fp8.quantize_weight(_rand(40, k, seed=5))
     w_deq = _dequantized(wq, ws)
-    if mode == "plain":
-        x = _rand(1, k, seed=6)
-        got, want = vector_matmul(x, wq, SMALL, weight_scale=ws), F.linear(x, w_deq)
-    elif mode == "silu_mul":
+    x = _exact_row(k, seed=6)
+    got = vector_matmul(x, wq, SMALL, weight_scale=ws)
+    assert got.dtype == x.dtype
+    torch.testing.assert_close(got, _quantized_product(x, w_deq), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one weight scale per row"):
+        vector_matmul(x, wq, SMALL, weight_scale=ws[:, :3])
+
+
+@pytest.mark.parametrize("mode", ["silu_mul", "norm"])
+def test_vector_kernel_on_fp8_weights_quantises_its_fused_input(mode):
+    # f(x) is computed in the kernel, so its e4m3 rounding meets the interpreter's carry bug (module
+    # docstring): compare loosely here; tests/gpu compares tightly on the GPU
+    k = 64
+    wq, ws = fp8.quantize_weight(_rand(40, k, seed=5))
+    w_deq = _dequantized(wq, ws)
+    if mode == "silu_mul":
         x = _rand(1, 2 * k, seed=7)
         got = vector_matmul(x, wq, SMALL, silu_mul=True, weight_scale=ws)
-        want = F.linear(F.silu(x[:, :k]) * x[:, k:], w_deq)
+        f_x = F.silu(x[:, :k]) * x[:, k:]
     else:
         x, res, norm_w = _rand(1, k, seed=8), _rand(1, k, seed=9), _rand(k, seed=10)
         got, stream = vector_matmul(x, wq, SMALL, norm_weight=norm_w, eps=1e-5, residual=res, weight_scale=ws)
-        want = F.linear(_torch_rms_norm(x + res, norm_w, 1e-5), w_deq)
+        f_x = _torch_rms_norm(x + res, norm_w, 1e-5)
         torch.testing.assert_close(stream, x + res)
-    assert got.dtype == x.dtype
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="one weight scale per row"):
-        vector_matmul(_rand(1, k), wq, SMALL, weight_scale=ws[:, :3])
+    want = _quantized_product(f_x, w_deq)
+    assert float((got - want).norm() / want.norm()) < 0.2
+    assert float((got - f_x @ w_deq.t()).norm() / want.norm()) < 0.2
 
 
 def _fp8_module(module: torch.nn.Module) -> torch.nn.Module:
@@ -128,22 +152,26 @@ def test_model_layers_route_one_row_to_the_vector_kernel_and_more_rows_to_scaled
     gate_up = x @ ref["gate_up_proj.weight"].t()
     want = (F.silu(gate_up[:, :48]) * gate_up[:, 48:]) @ ref["down_proj.weight"].t()
     # three rows: per-row activation quantisation + scaled matmul (lossy, so loosely)
-    assert float((mlp(x.bfloat16()).float() - want).norm() / want.norm()) < 0.1
-    # one row on the vector kernel (fp8 weights, activations kept): much closer
+    rows = mlp(x)
+    assert float((rows - want).norm() / want.norm()) < 0.1
+    # one row on the vector kernel takes the same fp8 operands as the scaled matmul of that row
     for layer in mlp.modules():
         if isinstance(layer, Linear):
             layer.vector_config = SMALL
     one = mlp(x[:1])
-    torch.testing.assert_close(one, want[:1], atol=1e-3, rtol=1e-3)
+    # equal up to float32 sums on a GPU (tests/gpu); here the interpreter's rounding bug (module
+    # docstring) hits a few percent of the fp8 codes, each by up to half its value
+    assert float((one - rows[:1]).norm() / rows[:1].norm()) < 0.2
 
-    norm, linear = RMSNorm(32, 1e-5), Linear(32, 16)
+    norm, linear = RMSNorm(32, 1e-5).requires_grad_(False), Linear(32, 16)
     norm.weight.data.fill_(1.0)
     linear.weight.data.normal_(0, 0.1)
     w_deq = _dequantized(*fp8.quantize_weight(linear.weight.data))
     _fp8_module(linear)
     linear.vector_config = SMALL
     y, stream = norm_then_linear(norm, linear, x[:1], x[1:2])
-    torch.testing.assert_close(y, _torch_rms_norm(x[:1] + x[1:2], norm.weight, 1e-5) @ w_deq.t(), atol=1e-4, rtol=1e-4)
+    want = _quantized_product(_torch_rms_norm(x[:1] + x[1:2], norm.weight, 1e-5), w_deq)
+    assert float((y - want).norm() / want.norm()) < 0.2
 
 
 def test_lm_head_stays_in_the_model_dtype(tmp_path):
