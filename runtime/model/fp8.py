@@ -7,6 +7,9 @@ the GPU. torch._scaled_mm multiplies the two in fp8 and applies both scales in i
 
     y[m, n] = (sum_k xq[m, k] * wq[n, k]) * x_scale[m] * w_scale[n]
 
+Inputs are scaled by multiplying with the reciprocal of their scale (one division per row, not per
+value); the vector kernel (matvec.py) rounds its row the same way.
+
 Per-row and per-channel scales keep one outlier token or channel from flattening everyone else's
 precision, which a single scale per tensor would. The scales are amax / 448 (e4m3's largest value).
 This is lossy: benchmarks/RESULTS.md reports the logprob error next to bf16's.
@@ -49,7 +52,8 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, n_cols, stride_x, stride_o, min_scale,
                           FP8_MAX: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     # One program per row, two sweeps: the row's amax, then the scaled cast. The second sweep reads
-    # what the first just brought into L1/L2, so HBM sees the row once.
+    # what the first just brought into L1/L2, so HBM sees the row once. The arithmetic is IEEE
+    # (div_rn, a multiply by the reciprocal, a round-to-nearest-even cast), as on the torch path.
     enter_small_kernel(PDL)  # see runtime/pdl.py
     row = tl.program_id(0)
     amax = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -57,13 +61,14 @@ def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, n_cols, stride_x, stride_o,
         cols = start + tl.arange(0, BLOCK)
         x = tl.load(x_ptr + row * stride_x + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(x))
-    scale = tl.maximum(tl.max(amax, axis=0) / FP8_MAX, min_scale)
+    scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX), min_scale)
+    inverse = tl.math.div_rn(1.0, scale)
     tl.store(scale_ptr + row, scale)
     for start in range(0, n_cols, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < n_cols
         x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-        q = tl.clamp(tl.math.div_rn(x, scale), -FP8_MAX, FP8_MAX)  # IEEE division, as torch's
+        q = tl.clamp(x * inverse, -FP8_MAX, FP8_MAX)
         tl.store(out_ptr + row * stride_o + cols, q.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -73,7 +78,7 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.contiguous()
     if not x.is_cuda:
         scale = (x.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=MIN_SCALE)
-        return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+        return (x.float() * (1.0 / scale)).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
     rows, cols = x.shape
     out = torch.empty((rows, cols), dtype=FP8, device=x.device)
     scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
@@ -91,6 +96,12 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     if x.shape[0] == 0:
         return x.new_empty((0, weight.shape[0]))
     xq, x_scale = quantize_rows(x)
+    if not x.is_cuda:
+        # The same product in float64, rounded once to x's dtype. CPU matmuls in float32 (and torch's
+        # CPU _scaled_mm) sum a row in a different order at different M, which would make a request's
+        # tokens depend on its batch; float64 sums differ far below what the final rounding keeps.
+        x64 = xq.double() * x_scale.double()
+        return torch.nn.functional.linear(x64, weight.double() * weight_scale.double().reshape(-1, 1)).to(x.dtype)
     return torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale, out_dtype=x.dtype)
 
 

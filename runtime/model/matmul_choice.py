@@ -32,6 +32,11 @@ VECTOR_CANDIDATES = (
     VectorConfig(block_n=16, block_k=512, num_warps=8, num_stages=3),
     VectorConfig(block_n=8, block_k=1024, num_warps=4, num_stages=2),
 )
+# fp8 rows are half the bytes: tiles twice as long along K move what a 16-bit tile moves
+FP8_VECTOR_CANDIDATES = VECTOR_CANDIDATES + (
+    VectorConfig(block_n=16, block_k=2048, num_warps=4, num_stages=2),
+    VectorConfig(block_n=8, block_k=2048, num_warps=4, num_stages=2),
+)
 # Below these the win is within run-to-run noise: keep cuBLAS. The skinny kernel's bar is higher:
 # on the H200 qkv measured 1.08x faster alone but batch-1 decode was not faster end to end.
 MIN_SPEEDUP_VECTOR = 1.03
@@ -109,7 +114,8 @@ def _eligible(layer) -> bool:
 
 
 def choose_matmul_routes(
-    model: torch.nn.Module, timer=time_projection, eligible=_eligible, vector_candidates=VECTOR_CANDIDATES
+    model: torch.nn.Module, timer=time_projection, eligible=_eligible, vector_candidates=VECTOR_CANDIDATES,
+    fp8_vector_candidates=FP8_VECTOR_CANDIDATES,
 ) -> dict:
     """Time cuBLAS and our kernels on each distinct Linear weight shape at M = 1 and M = MAX_M and
     set `vector_config` and `skinny_max_m` on every Linear of that shape. Returns {(N, K): Route}."""
@@ -127,8 +133,9 @@ def choose_matmul_routes(
                 _spin_up(layer.weight)
                 spun_up = True
             scale = {"weight_scale": layer.weight_scale} if fp8 else {}
-            m1 = _least_times(timer, layer.weight, 1, ["cublas", *vector_candidates], **scale)
-            best = min(vector_candidates, key=lambda c: m1[c], default=None)
+            candidates = fp8_vector_candidates if fp8 else vector_candidates
+            m1 = _least_times(timer, layer.weight, 1, ["cublas", *candidates], **scale)
+            best = min(candidates, key=lambda c: m1[c], default=None)
             vector = best if best is not None and m1["cublas"] >= MIN_SPEEDUP_VECTOR * m1[best] else None
             skinny = 0
             if not fp8:

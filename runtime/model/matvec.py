@@ -75,12 +75,12 @@ def _input_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, INPUT: tl.constexp
 
 
 @triton.jit
-def _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_scale,
+def _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_inverse,
                   INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, QUANT_X: tl.constexpr):
-    """f(x)[k] as the product takes it: in float32, or as e4m3 codes of f(x) / x_scale (QUANT_X)."""
+    """f(x)[k] as the product takes it: in float32, or as e4m3 codes of f(x) / scale (QUANT_X)."""
     x = _input_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, INPUT, HAS_RESIDUAL)
     if QUANT_X:
-        x = tl.clamp(tl.math.div_rn(x, x_scale), -FP8_MAX, FP8_MAX).to(tl.float8e4nv).to(tl.float32)
+        x = tl.clamp(x * x_inverse, -FP8_MAX, FP8_MAX).to(tl.float8e4nv).to(tl.float32)
     return x
 
 
@@ -115,20 +115,22 @@ def _vector_kernel(
             sum_sq += xf * xf
         rstd = tl.rsqrt(tl.sum(sum_sq, axis=0) / K + eps)
     x_scale = 1.0
+    x_inverse = 1.0
     if HAS_SCALE:  # fp8 weights take fp8 inputs, as in torch._scaled_mm: one scale, amax / 448
         amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + offs_k
             amax = tl.maximum(amax, tl.abs(_input_tile(x_ptr, res_ptr, norm_ptr, k, k < K, K, rstd, INPUT, HAS_RESIDUAL)))
-        x_scale = tl.maximum(tl.max(amax, axis=0) / FP8_MAX, MIN_SCALE)
+        x_scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX), MIN_SCALE)
+        x_inverse = tl.math.div_rn(1.0, x_scale)
     # products accumulate per (row, lane) and are summed once at the end, not per tile
-    x_first = _operand_tile(x_ptr, res_ptr, norm_ptr, offs_k, offs_k < K, K, rstd, x_scale, INPUT, HAS_RESIDUAL, HAS_SCALE)
+    x_first = _operand_tile(x_ptr, res_ptr, norm_ptr, offs_k, offs_k < K, K, rstd, x_inverse, INPUT, HAS_RESIDUAL, HAS_SCALE)
     acc = w_first.to(tl.float32) * x_first[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + offs_k
         mask_k = k < K
         w = tl.load(w_rows + k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        x_tile = _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_scale, INPUT, HAS_RESIDUAL, HAS_SCALE)
+        x_tile = _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_inverse, INPUT, HAS_RESIDUAL, HAS_SCALE)
         acc += w.to(tl.float32) * x_tile[None, :]
     if PDL:
         gdc_launch_dependents()  # after the loop, so the next kernel's programs don't take our SM slots

@@ -58,7 +58,31 @@ def test_fp8_products_match_the_dequantized_operands_at_model_shapes(name):
         assert _rel(vector_matmul(gate_up, wq, config, silu_mul=True, weight_scale=ws), silu_row) < 5e-3
 
 
-def test_fp8_engine_graphs_equal_eager_and_batched_equal_alone(tiny_model_dir):
+def test_norm_input_on_fp8_weights_takes_the_same_operands_as_the_unfused_path():
+    """The residual add + RMSNorm fused into the vector kernel, then e4m3 rounding of the normed row:
+    the same product as fused.rms_norm → quantize_rows → _scaled_mm."""
+    from runtime.model import fp8
+    from runtime.model.fused import rms_norm
+    from runtime.model.matmul_choice import FP8_VECTOR_CANDIDATES
+    from runtime.model.matvec import vector_matmul
+
+    n, k = SHAPES["qkv"]
+    wq, ws = fp8.quantize_weight(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02)
+    x, res = (torch.randn(1, k, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    norm_w = (1 + 0.1 * torch.randn(k, device="cuda")).bfloat16()
+    normed, summed = rms_norm(x, norm_w, 1e-5, residual=res)
+    want = fp8.fp8_linear(normed, wq, ws)
+    for config in FP8_VECTOR_CANDIDATES:
+        y, stream = vector_matmul(x, wq, config, norm_weight=norm_w, eps=1e-5, residual=res, weight_scale=ws)
+        assert torch.equal(stream, summed)
+        assert _rel(y, want) < 5e-3
+
+
+def test_fp8_engine_graphs_equal_eager(tiny_model_dir):
+    """Graphs replay eager's kernels: the same tokens, and the pool whole after both. (A request alone
+    against the same request in a batch is not compared here: on a random tiny model fp8 rounding
+    turns sum-order differences into logprob moves of tenths of a nat, see benchmarks/RESULTS.md; the
+    operand-level tests above check that one row and many rows take the same fp8 operands.)"""
     from tests.integration.engine_helpers import checked_engine
 
     path = tiny_model_dir("llama", hidden_size=512, num_layers=4, num_heads=8, num_kv_heads=2, intermediate_size=1536)
@@ -70,9 +94,4 @@ def test_fp8_engine_graphs_equal_eager_and_batched_equal_alone(tiny_model_dir):
             layer = engine.runner.model.model.layers[0].mlp.down_proj
             assert layer.weight.dtype == torch.float8_e4m3fn
             runs[graphs] = [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)]
-            if graphs:
-                alone = [engine.generate(input_ids=p, sampling_params=params)["output_ids"] for p in prompts]
     assert runs[True] == runs[False]
-    # one row runs on the vector kernel, several on _scaled_mm, with the same fp8 operands; only the
-    # order of the float32 sums differs, so compare the tokens of the first steps (near-ties are rare)
-    assert [a[:8] for a in alone] == [b[:8] for b in runs[True]]

@@ -199,7 +199,7 @@ def test_start_up_choice_times_fp8_weights_with_their_scales_and_never_the_skinn
         timed.append((kind, m))
         return {"cublas": 2.0, SMALL: 1.0}[kind]
 
-    chosen = choose_matmul_routes(model, timer=timer, eligible=lambda layer: True, vector_candidates=(SMALL,))
+    chosen = choose_matmul_routes(model, timer=timer, eligible=lambda layer: True, fp8_vector_candidates=(SMALL,))
     assert chosen == {(16, 32, "fp8"): Route(SMALL, 0)}
     assert {m for _, m in timed} == {1} and "skinny" not in {k for k, _ in timed}
     assert all(layer.vector_config == SMALL and layer.skinny_max_m == 0 for layer in model)
