@@ -33,7 +33,6 @@ def main() -> None:
     args = parser.parse_args()
     from runtime.model.fp8 import quantize_rows, quantize_weight
 
-    fp8 = torch.float8_e4m3fn
     rows = []
     for m in (int(v) for v in args.m.split(",")):
         for name, (n, k) in SHAPES.items():
@@ -75,7 +74,6 @@ def main() -> None:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "fp8_matmul.json"), "w") as f:
             json.dump(dict(gpu=torch.cuda.get_device_name(), rows=rows, accuracy=acc), f, indent=1)
-    _ = fp8
 
 
 if __name__ == "__main__":
