@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from runtime import pdl
+from runtime.triton_interpreter import E4M3, exact_rounding, round_to_fp8
 from runtime.pdl import enter_small_kernel
 
 FP8 = torch.float8_e4m3fn
@@ -50,7 +51,8 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @triton.jit
 def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, n_cols, stride_x, stride_o, min_scale,
-                          FP8_MAX: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+                          FP8_MAX: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+                          EXACT: tl.constexpr, MANT_BITS: tl.constexpr, MIN_EXP: tl.constexpr):
     # One program per row, two sweeps: the row's amax, then the scaled cast. The second sweep reads
     # what the first just brought into L1/L2, so HBM sees the row once. The arithmetic is IEEE
     # (div_rn, a multiply by the reciprocal, a round-to-nearest-even cast), as on the torch path.
@@ -68,7 +70,7 @@ def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, n_cols, stride_x, stride_o,
         cols = start + tl.arange(0, BLOCK)
         mask = cols < n_cols
         x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-        q = tl.clamp(x * inverse, -FP8_MAX, FP8_MAX)
+        q = round_to_fp8(tl.clamp(x * inverse, -FP8_MAX, FP8_MAX), EXACT, MANT_BITS, MIN_EXP)  # see runtime/triton_interpreter.py
         tl.store(out_ptr + row * stride_o + cols, q.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -86,7 +88,7 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _quantize_rows_kernel[(rows,)](
             x, out, scale, cols, x.stride(0), out.stride(0), MIN_SCALE, FP8_MAX=FP8_MAX,
             BLOCK=min(4096, triton.next_power_of_2(cols)), num_warps=8 if cols >= 4096 else 4,
-            **pdl.launch_args(x.device),
+            EXACT=exact_rounding(), **E4M3, **pdl.launch_args(x.device),
         )
     return out, scale
 

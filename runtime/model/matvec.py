@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from runtime import pdl
+from runtime.triton_interpreter import exact_rounding, round_to_fp8
 from runtime.model import fp8
 from runtime.pdl import gdc_launch_dependents, gdc_wait
 
@@ -76,11 +77,12 @@ def _input_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, INPUT: tl.constexp
 
 @triton.jit
 def _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_inverse,
-                  INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, QUANT_X: tl.constexpr):
+                  INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, QUANT_X: tl.constexpr, EXACT: tl.constexpr):
     """f(x)[k] as the product takes it: in float32, or as e4m3 codes of f(x) / scale (QUANT_X)."""
     x = _input_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, INPUT, HAS_RESIDUAL)
     if QUANT_X:
-        x = tl.clamp(x * x_inverse, -FP8_MAX, FP8_MAX).to(tl.float8e4nv).to(tl.float32)
+        x = round_to_fp8(tl.clamp(x * x_inverse, -FP8_MAX, FP8_MAX), EXACT, 3, -6)  # e4m3; see runtime/triton_interpreter.py
+        x = x.to(tl.float8e4nv).to(tl.float32)
     return x
 
 
@@ -88,7 +90,7 @@ def _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_inverse,
 def _vector_kernel(
     x_ptr, w_ptr, y_ptr, res_ptr, res_out_ptr, norm_ptr, w_scale_ptr, N, K, stride_wn, eps,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-    INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr,
+    INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr, EXACT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -124,13 +126,13 @@ def _vector_kernel(
         x_scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX), MIN_SCALE)
         x_inverse = tl.math.div_rn(1.0, x_scale)
     # products accumulate per (row, lane) and are summed once at the end, not per tile
-    x_first = _operand_tile(x_ptr, res_ptr, norm_ptr, offs_k, offs_k < K, K, rstd, x_inverse, INPUT, HAS_RESIDUAL, HAS_SCALE)
+    x_first = _operand_tile(x_ptr, res_ptr, norm_ptr, offs_k, offs_k < K, K, rstd, x_inverse, INPUT, HAS_RESIDUAL, HAS_SCALE, EXACT)
     acc = w_first.to(tl.float32) * x_first[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + offs_k
         mask_k = k < K
         w = tl.load(w_rows + k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        x_tile = _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_inverse, INPUT, HAS_RESIDUAL, HAS_SCALE)
+        x_tile = _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_inverse, INPUT, HAS_RESIDUAL, HAS_SCALE, EXACT)
         acc += w.to(tl.float32) * x_tile[None, :]
     if PDL:
         gdc_launch_dependents()  # after the loop, so the next kernel's programs don't take our SM slots
@@ -173,7 +175,7 @@ def vector_matmul(
         x, weight, y, residual if residual is not None else x, res_out,
         norm_weight if norm_weight is not None else x, weight_scale if weight_scale is not None else x,
         n, k, weight.stride(0), eps, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        INPUT=mode, HAS_RESIDUAL=residual is not None, HAS_SCALE=weight_scale is not None,
+        INPUT=mode, HAS_RESIDUAL=residual is not None, HAS_SCALE=weight_scale is not None, EXACT=exact_rounding(),
         num_warps=config.num_warps, num_stages=config.num_stages, **pdl.launch_args(x.device),
     )
     return (y, res_out) if norm_weight is not None else y

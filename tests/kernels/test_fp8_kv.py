@@ -1,9 +1,10 @@
 """kv_cache_dtype="fp8_e4m3"/"fp8_e5m2": the KV pool stores fp8, the Triton kernels write and read it
 exactly as torch does, and the engine sizes the pool by the smaller bytes per token.
 
-Values here are fp8-representable: Triton's CPU interpreter rounds float32 → fp8 wrongly when the
-mantissa carries into the exponent (1.99 → 1.0), which the GPU's conversion does not do. So the
-kernels' own rounding is checked on the GPU (tests/gpu) and here everything else is."""
+Triton's CPU interpreter rounds float32 → fp8 wrongly when the mantissa carries into the exponent
+(1.99 → 1.0), which the GPU's conversion does not do; under the interpreter the store rounds in
+float32 first (runtime/triton_interpreter.py), so it is checked here on any values, and the GPU's
+own conversion in tests/gpu. The attention tests use representable values (the pool's contents)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,22 @@ def test_store_writes_fp8_slots_like_torch(dtype):
     untouched = torch.ones(40, dtype=torch.bool)
     untouched[loc] = False
     assert not k_buffer[untouched].float().any()
+
+
+@pytest.mark.parametrize("dtype", FP8)
+@pytest.mark.parametrize("source", [torch.float32, torch.bfloat16])
+def test_store_rounds_any_value_as_torch_casts(dtype, source):
+    gen = torch.Generator().manual_seed(1)
+    k_buffer = torch.zeros(8, 2, 16, dtype=dtype)
+    v_buffer = torch.zeros_like(k_buffer)
+    loc = torch.tensor([6, 1])
+    limit = torch.finfo(dtype).max
+    k = (torch.randn(2, 2, 16, generator=gen) * 3).to(source)
+    v = (torch.randn(2, 2, 16, generator=gen) * 3e-3).to(source)  # subnormals too
+    k[0, 0, :4] = torch.tensor([1.99, -1.9375, 0.0, limit])  # carries, a zero, the largest value
+    store_kv(k_buffer, v_buffer, loc, k, v)
+    assert torch.equal(k_buffer[loc].view(torch.uint8), k.float().to(dtype).view(torch.uint8))
+    assert torch.equal(v_buffer[loc].view(torch.uint8), v.float().to(dtype).view(torch.uint8))
 
 
 def _fp8_batch(prefix_lens, extend_lens, dtype):

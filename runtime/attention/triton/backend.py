@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from runtime.attention.base import AttentionLayer, BaseAttentionBackend, register_attention_backend
 from runtime.attention.triton.decode import DecodeConfig, choose_num_splits, decode_attention_table
 from runtime.attention.triton.extend import ExtendConfig, extend_attention
-from runtime.attention.triton.kv_store import can_launch_on, store_kv
+from runtime.attention.triton.kv_store import store_kv
 from runtime.forward_batch import ForwardBatch
+from runtime.triton_interpreter import can_launch_on
 
 CPU_NUM_SMS = 4  # the interpreter runs programs one by one: few splits keep it quick
 DEFAULT_DECODE_CONFIG = DecodeConfig()

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from runtime import pdl
 from runtime.pdl import enter_small_kernel
-
-
-def is_interpreting() -> bool:
-    """True when Triton kernels run in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
-def can_launch_on(device: torch.device) -> bool:
-    """Triton kernels run on CUDA tensors, or on CPU tensors under the interpreter."""
-    return device.type == "cuda" or is_interpreting()
+from runtime.triton_interpreter import can_launch_on, exact_rounding, fp8_format, round_to_fp8
 
 
 @triton.jit
@@ -27,7 +16,7 @@ def _store_kv_kernel(
     k_ptr, v_ptr, k_buffer_ptr, v_buffer_ptr, loc_ptr,
     stride_k_t, stride_k_h, stride_v_t, stride_v_h, stride_buffer_s, stride_buffer_h,
     NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, EXACT: tl.constexpr, MANT_BITS: tl.constexpr, MIN_EXP: tl.constexpr,
 ):
     # One program per token: copies its [num_kv_heads, head_dim] K and V rows to the token's slot.
     enter_small_kernel(PDL)  # see runtime/pdl.py
@@ -39,10 +28,13 @@ def _store_kv_kernel(
     mask = (heads < NUM_KV_HEADS) & (dims < HEAD_DIM)
     dst = slot * stride_buffer_s + heads * stride_buffer_h + dims
     k = tl.load(k_ptr + token * stride_k_t + heads * stride_k_h + dims, mask=mask)
-    # via float32: the interpreter rounds bf16 → fp8 differently from torch; float32 → fp8 matches
-    tl.store(k_buffer_ptr + dst, k.to(tl.float32).to(k_buffer_ptr.dtype.element_ty), mask=mask)
+    # via float32 (the interpreter rounds bf16 → fp8 differently from torch), and under the interpreter
+    # rounded to the fp8 pool's format first (runtime/triton_interpreter.py)
+    k = round_to_fp8(k.to(tl.float32), EXACT, MANT_BITS, MIN_EXP)
+    tl.store(k_buffer_ptr + dst, k.to(k_buffer_ptr.dtype.element_ty), mask=mask)
     v = tl.load(v_ptr + token * stride_v_t + heads * stride_v_h + dims, mask=mask)
-    tl.store(v_buffer_ptr + dst, v.to(tl.float32).to(v_buffer_ptr.dtype.element_ty), mask=mask)
+    v = round_to_fp8(v.to(tl.float32), EXACT, MANT_BITS, MIN_EXP)
+    tl.store(v_buffer_ptr + dst, v.to(v_buffer_ptr.dtype.element_ty), mask=mask)
 
 
 def _inner_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -74,5 +66,5 @@ def store_kv(
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_buffer.stride(0), k_buffer.stride(1),
         NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
         BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
-        **pdl.launch_args(k.device),
+        EXACT=exact_rounding(k_buffer.dtype), **fp8_format(k_buffer.dtype), **pdl.launch_args(k.device),
     )

@@ -1,0 +1,59 @@
+"""Triton's CPU interpreter (TRITON_INTERPRET=1), which is how CI runs our kernels: when it is on,
+and the one place it computes differently from a GPU.
+
+On the GPU a kernel converts float32 → fp8 with the hardware's round-to-nearest-even, which matches
+torch's cast. The interpreter's conversion does not: when rounding carries out of the mantissa
+(1.99 → 2.0 in e4m3) it loses the carry (1.0). So kernels that round to fp8 pass `EXACT=True` under
+the interpreter and round in float32 arithmetic first (`round_to_fp8`); the conversion that follows
+then meets a representable value and has nothing to round. On the GPU `EXACT` is False and the
+rounding compiles to nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+E4M3 = dict(MANT_BITS=3, MIN_EXP=-6)  # float8_e4m3fn: 3 mantissa bits, smallest normal 2^-6
+E5M2 = dict(MANT_BITS=2, MIN_EXP=-14)  # float8_e5m2
+FP8_FORMATS = {torch.float8_e4m3fn: E4M3, torch.float8_e5m2: E5M2}
+
+
+def is_interpreting() -> bool:
+    """True when Triton kernels run in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def can_launch_on(device: torch.device) -> bool:
+    """Triton kernels run on CUDA tensors, or on CPU tensors under the interpreter."""
+    return device.type == "cuda" or is_interpreting()
+
+
+def exact_rounding(dtype: torch.dtype = torch.float8_e4m3fn) -> bool:
+    """The `EXACT` argument of `round_to_fp8` for a launch that writes `dtype`: True under the
+    interpreter when `dtype` is an fp8 format."""
+    return is_interpreting() and dtype in FP8_FORMATS
+
+
+def fp8_format(dtype: torch.dtype) -> dict:
+    """`round_to_fp8`'s MANT_BITS and MIN_EXP for `dtype` (e4m3's for a dtype that is not fp8, where
+    EXACT is False and they go unused)."""
+    return FP8_FORMATS.get(dtype, E4M3)
+
+
+@triton.jit
+def round_to_fp8(x, EXACT: tl.constexpr, MANT_BITS: tl.constexpr, MIN_EXP: tl.constexpr):
+    """float32 x, already within the format's range → the nearest value of the format (ties to even),
+    as float32, when EXACT; x unchanged otherwise."""
+    if EXACT:
+        bits = x.to(tl.int32, bitcast=True)
+        exponent = tl.maximum(((bits >> 23) & 0xFF) - 127, MIN_EXP)  # below the smallest normal: fixed spacing
+        step = ((exponent - MANT_BITS + 127) << 23).to(tl.float32, bitcast=True)  # a power of two
+        steps = tl.abs(x) / step  # exact, and below 2^(MANT_BITS + 1)
+        steps = (steps + 8388608.0) - 8388608.0  # float32 addition at 2^23 rounds to an integer, ties to even
+        magnitude = (steps * step).to(tl.int32, bitcast=True)
+        x = (magnitude | (bits & -2147483648)).to(tl.float32, bitcast=True)  # x's sign, -0.0 included
+    return x
