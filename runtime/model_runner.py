@@ -10,6 +10,7 @@ from runtime.attention.base import create_attention_backend
 from runtime.cache.pool import KVPool, ReqToTokenPool, TokenSlotAllocator
 from runtime.config import EngineConfig
 from runtime.forward_batch import ForwardBatch
+from runtime.model.config import ModelConfig
 from runtime.model.loader import load_model, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,14 @@ def resolve_kv_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
     if name not in KV_DTYPES:
         raise ValueError(f"kv_cache_dtype must be 'auto' or one of {list(KV_DTYPES)}, got {name!r}")
     return KV_DTYPES[name]
+
+
+def _check_fp8(dtype: torch.dtype, device: torch.device) -> None:
+    from runtime.model.fp8 import check_supported
+
+    if dtype != torch.bfloat16:
+        raise ValueError(f"quantization='fp8' needs dtype bfloat16, the model runs in {dtype}")
+    check_supported(device)
 
 
 def auto_max_running_requests(pool_tokens: int) -> int:
@@ -68,6 +77,8 @@ class ModelRunner:
         self.device = resolve_device(config.device)
         self.attention_backend_name = resolve_attention_backend(config.attention_backend, self.device)
         self.attn_backend = create_attention_backend(self.attention_backend_name, device=self.device)
+        if config.quantization == "fp8":  # refuse before loading gigabytes
+            _check_fp8(resolve_dtype(config.dtype, ModelConfig.from_pretrained(model_path)), self.device)
         self.model, self.model_config = load_model(
             model_path,
             dtype=config.dtype,
@@ -105,11 +116,8 @@ class ModelRunner:
         )
 
     def _quantize_fp8(self) -> None:
-        from runtime.model.fp8 import check_supported, quantize_model
+        from runtime.model.fp8 import quantize_model
 
-        if self.dtype != torch.bfloat16:
-            raise ValueError(f"quantization='fp8' needs dtype bfloat16, the model runs in {self.dtype}")
-        check_supported(self.device)
         layers = quantize_model(self.model)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # the bf16 weights' memory goes back to the KV budget

@@ -109,13 +109,17 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
 
 def quantize_model(model: torch.nn.Module) -> int:
     """Every Linear except the LM head → fp8 weight and scales, in place, one layer at a time (so the
-    peak memory is the bf16 model's). Returns the number of layers quantised."""
+    peak memory is the bf16 model's plus float32 temporaries of one layer). A layer whose sizes are
+    not multiples of 16, which torch._scaled_mm needs, stays in the model dtype. Returns the number of
+    layers quantised."""
     from runtime.model.layers import Linear
 
     lm_head = getattr(model, "lm_head", None)
     count = 0
     for module in model.modules():
         if isinstance(module, Linear) and module is not lm_head and module.weight.dtype != FP8:
+            if module.output_size % 16 or module.input_size % 16:
+                continue
             quantized, scale = quantize_weight(module.weight.data)
             module.weight = torch.nn.Parameter(quantized, requires_grad=False)
             module.weight_scale = scale

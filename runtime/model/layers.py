@@ -110,8 +110,8 @@ class Linear(nn.Module):
     unless the start-up measurement found them faster for this shape (matmul_choice.py).
 
     With `quantization="fp8"` the weight is e4m3 and `weight_scale` [1, output_size] holds its
-    per-row scales (fp8.py); every product then runs in fp8, except one row on the vector kernel,
-    which reads the fp8 weight and keeps x in the model dtype."""
+    per-row scales (fp8.py); every product then runs in fp8: torch._scaled_mm, or for one row the
+    vector kernel, which rounds its input to e4m3 the same way."""
 
     def __init__(self, input_size: int, output_size: int, bias: bool = False):
         super().__init__()

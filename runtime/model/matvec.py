@@ -166,6 +166,8 @@ def vector_matmul(
         raise ValueError("vector_matmul needs contiguous rows")
     if silu_mul and norm_weight is not None:
         raise ValueError("vector_matmul fuses either silu_mul or a norm, not both")
+    if (weight.dtype == fp8.FP8) != (weight_scale is not None):
+        raise ValueError("vector_matmul takes an fp8 weight together with its weight_scale, and only then")
     if weight_scale is not None and weight_scale.numel() != n:
         raise ValueError(f"vector_matmul takes one weight scale per row ({n}), got {weight_scale.numel()}")
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)

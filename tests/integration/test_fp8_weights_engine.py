@@ -44,8 +44,9 @@ def test_fp8_weights_are_batch_and_cache_invariant_and_near_bf16(tiny_model_dir)
     assert 0 < rel < 0.15, rel
 
 
-def test_fp8_weights_need_bfloat16(tiny_model_dir):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_fp8_weights_need_bfloat16(tiny_model_dir, dtype):
     from runtime import Engine
 
     with pytest.raises(ValueError, match="quantization='fp8' needs dtype bfloat16"):
-        Engine(model_path=tiny_model_dir("llama"), dtype="float32", quantization="fp8")
+        Engine(model_path=tiny_model_dir("llama"), dtype=dtype, quantization="fp8")

@@ -143,6 +143,10 @@ def test_vector_kernel_on_fp8_weights_takes_the_same_operands_as_scaled_mm():
     torch.testing.assert_close(got, _quantized_product(x, w_deq), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="one weight scale per row"):
         vector_matmul(x, wq, SMALL, weight_scale=ws[:, :3])
+    with pytest.raises(ValueError, match="together with its weight_scale"):
+        vector_matmul(x, wq, SMALL)  # the codes alone would be read as values
+    with pytest.raises(ValueError, match="together with its weight_scale"):
+        vector_matmul(x, w_deq, SMALL, weight_scale=ws)
 
 
 @pytest.mark.parametrize("mode", ["silu_mul", "norm"])
@@ -213,6 +217,13 @@ def test_lm_head_stays_in_the_model_dtype(tmp_path):
     assert layers == 2 * 2 * model.config.num_layers  # qkv, o, gate_up, down per layer
     assert model.lm_head.weight.dtype == torch.bfloat16 and model.lm_head.weight_scale is None
     assert fp8.quantize_model(model) == 0  # idempotent
+
+
+def test_layers_scaled_mm_cannot_take_stay_in_the_model_dtype():
+    model = torch.nn.Sequential(Linear(20, 32), Linear(32, 48))  # 20 is not a multiple of 16
+    assert fp8.quantize_model(model) == 1
+    assert model[0].weight.dtype == torch.float32 and model[0].weight_scale is None
+    assert model[1].weight.dtype == fp8.FP8
 
 
 def test_start_up_choice_times_fp8_weights_with_their_scales_and_never_the_skinny_kernel():
