@@ -111,33 +111,6 @@ def env():
                 copy_tb_s=round(copy_bw / 1e12, 3), matmul_tflops=round(tflops, 1))
 
 
-def small(workdir):
-    from runtime.model.tiny import build_tiny_model
-    from tests.integration.engine_helpers import hf_greedy
-    from transformers import AutoTokenizer
-
-    path = build_tiny_model(os.path.join(workdir, "small"), arch="llama", hidden_size=256, num_layers=4,
-                            num_heads=8, num_kv_heads=2, intermediate_size=512)
-    tok = AutoTokenizer.from_pretrained(path)
-    prompts = [tok.encode(p) for p in ["Hello", "The cat sees the dog.", "Q: What is paris? A:", "1. a, b, c"]]
-    expected = hf_greedy(path, prompts, 16)
-    out = {}
-    variants = {"triton+graphs": {}, "triton": {"disable_cuda_graph": True}, "torch_native": {"attention_backend": "torch_native"},
-                "triton chunk 5": {"chunked_prefill_size": 5}}
-    for name, extra in variants.items():
-        opts = {"attention_backend": "triton", **extra}
-        from runtime import Engine
-
-        try:
-            with Engine(model_path=path, dtype="float32", **opts) as engine:
-                got = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": 16, "temperature": 0, "ignore_eos": True})
-                engine.check_integrity()
-            out[name] = "equal" if [g["output_ids"] for g in got] == expected else "DIFFERENT"
-        except Exception as exc:
-            out[name] = f"error: {exc}"[:200]
-    return out
-
-
 def decode_b1(engine, copy_tb_s):
     ids = torch.randint(100, 120000, (1024,)).tolist()
     params = {"max_new_tokens": 256, "temperature": 0, "ignore_eos": True}
@@ -334,6 +307,8 @@ def main() -> None:
         section("env", env)
     copy_tb_s = RESULTS.get("env", {}).get("copy_tb_s", 3.0) if isinstance(RESULTS.get("env"), dict) else 3.0
     if "small" in wanted:
+        from benchmarks.gpu_agreement import small
+
         section("small", small, workdir)
     if wanted & {"decode", "offline", "prefix", "json", "memory", "hfworkload"}:
         from runtime import Engine

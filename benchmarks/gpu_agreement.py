@@ -1,13 +1,44 @@
-"""Agreement checks on the benchmark's Llama-3-8B shape (sections of bench_gpu.py): our first-step
-logits against HF transformers on the same random weights (with a float32 reference for scale), and
-the FlashInfer backend against the Triton one end to end.
+"""Agreement checks (sections of bench_gpu.py): greedy tokens against HF transformers on a small
+float32 model for every attention variant; on the Llama-3-8B shape, our first-step logits against
+HF's on the same random weights (with a float32 reference for scale), and the FlashInfer backend
+against the Triton one end to end.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from benchmarks.bench_gpu import LLAMA3_8B, decode_b1, free_memory, offline
+
+
+def small(workdir):
+    """Greedy tokens of a small float32 Llama against HF's, per attention variant; the pool whole."""
+    from runtime.model.tiny import build_tiny_model
+    from tests.integration.engine_helpers import hf_greedy
+    from transformers import AutoTokenizer
+
+    path = build_tiny_model(os.path.join(workdir, "small"), arch="llama", hidden_size=256, num_layers=4,
+                            num_heads=8, num_kv_heads=2, intermediate_size=512)
+    tok = AutoTokenizer.from_pretrained(path)
+    prompts = [tok.encode(p) for p in ["Hello", "The cat sees the dog.", "Q: What is paris? A:", "1. a, b, c"]]
+    expected = hf_greedy(path, prompts, 16)
+    out = {}
+    variants = {"triton+graphs": {}, "triton": {"disable_cuda_graph": True}, "torch_native": {"attention_backend": "torch_native"},
+                "triton chunk 5": {"chunked_prefill_size": 5}}
+    for name, extra in variants.items():
+        opts = {"attention_backend": "triton", **extra}
+        from runtime import Engine
+
+        try:
+            with Engine(model_path=path, dtype="float32", **opts) as engine:
+                got = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": 16, "temperature": 0, "ignore_eos": True})
+                engine.check_integrity()
+            out[name] = "equal" if [g["output_ids"] for g in got] == expected else "DIFFERENT"
+        except Exception as exc:
+            out[name] = f"error: {exc}"[:200]
+    return out
 
 
 def cast_keeping_rope(hf, dtype: torch.dtype):
