@@ -18,8 +18,10 @@ benchmark of record (that is bench_gpu.py).
             bound that the run's measured matmul rate and copy bandwidth set; 256 vs 512 running
   ledger    GPU seconds of the whole offline run by kind of kernel (matmul, decode attention, extend
             attention, elementwise, copies, sampling) for the prefill-only pass and the full run,
-            and the GPU's idle time (wall minus busy). Run with SGFLOW_DISABLE_PDL=1: with PDL a
-            kernel's time includes its wait for the previous one, so sums overcount
+            the GPU's idle time (wall minus busy), and the gaps between kernels: their total by
+            size and the largest, with the kernels around them (µs, seconds into the run, before,
+            after). Run with SGFLOW_DISABLE_PDL=1: with PDL a kernel's time includes its wait for the
+            previous one, so sums overcount
 """
 
 from __future__ import annotations
@@ -308,7 +310,33 @@ def _profiled_seconds(fn) -> dict:
     top.sort(key=lambda r: -r[1])
     busy = sum(kinds.values())
     return dict(wall_s=round(wall, 2), gpu_busy_s=round(busy, 2), gpu_idle_s=round(wall - busy, 2),
-                by_kind_s={k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}, top=top[:15])
+                by_kind_s={k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}, top=top[:15],
+                idle_gaps=_idle_gaps(prof))
+
+
+def _idle_gaps(prof, largest: int = 12) -> dict | str:
+    """Where the GPU waits: the gaps between consecutive kernels (by time, overlaps merged), their
+    total by size, and the largest ones with the kernels on either side and when they happened."""
+    from torch.autograd import DeviceType
+
+    try:
+        spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                       if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic: record and go on
+        return f"FAILED: {type(exc).__name__}: {exc}"[:200]
+    if not spans:
+        return "no kernels recorded"
+    gaps, end, before = [], spans[0][1], spans[0][2]
+    for start, stop, name in spans[1:]:
+        if start > end:
+            gaps.append((start - end, end, before, name))
+        if stop > end:
+            end, before = stop, name
+    first = spans[0][0]
+    by_size = {f">={t}us": round(sum(g for g, *_ in gaps if g >= t) / 1e6, 3) for t in (10, 100, 1000, 10000)}
+    gaps.sort(key=lambda g: -g[0])
+    return dict(total_s=round(sum(g for g, *_ in gaps) / 1e6, 3), count=len(gaps), seconds_in_gaps_of=by_size,
+                largest=[(round(g), round((at - first) / 1e6, 3), prev[:40], nxt[:40]) for g, at, prev, nxt in gaps[:largest]])
 
 
 def offline_ledger(n=1000):
