@@ -113,6 +113,12 @@ class ModelConfig:
         missing = [key for key in _REQUIRED_KEYS if key not in raw]
         if missing:
             raise ValueError(f"config.json lacks {', '.join(missing)}")
+        quantized = raw.get("quantization_config")
+        if quantized:
+            method = quantized.get("quant_method", "unknown") if isinstance(quantized, dict) else "unknown"
+            raise ValueError(
+                f"the checkpoint is quantised (quantization_config quant_method {method!r}): loading quantised "
+                "checkpoints is not supported; load the bf16 checkpoint with quantization='fp8' to run fp8 weights")
         hidden_act = raw.get("hidden_act", "silu")
         if hidden_act != "silu":
             raise ValueError(f"hidden_act {hidden_act!r} is not supported; only 'silu'")

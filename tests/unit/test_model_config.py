@@ -156,6 +156,11 @@ def test_non_silu_activation_is_refused():
         ModelConfig.from_dict(small("LlamaForCausalLM", hidden_act="gelu"))
 
 
+def test_quantised_checkpoint_is_refused_naming_its_method_and_the_alternative():
+    with pytest.raises(ValueError, match="'compressed-tensors'.*quantization='fp8'"):
+        ModelConfig.from_dict(small("LlamaForCausalLM", quantization_config={"quant_method": "compressed-tensors"}))
+
+
 def test_eos_ids_merge_config_and_generation_config_in_order_without_duplicates():
     config = ModelConfig.from_dict(small("LlamaForCausalLM", eos_token_id=2), {"eos_token_id": [7, 2, 9]})
     assert config.eos_token_ids == (2, 7, 9)
