@@ -16,7 +16,7 @@ benchmark of record (that is bench_gpu.py).
   blas      each projection at M = 1 through cuBLAS, cuBLAS GEMV, cuBLASLt and our kernel (past L2)
   phases    the 1,000-request offline workload split into prefill and decode time, against the
             bound that the run's measured matmul rate and copy bandwidth set; 256 vs 512 running
-  ledger    GPU seconds of the whole offline run by kind of kernel (matmul, decode attention, extend
+  ledger    (gpu_ledger.py) GPU seconds of the whole offline run by kind of kernel (matmul, decode attention, extend
             attention, elementwise, copies, sampling) for the prefill-only pass and the full run,
             the GPU's idle time (wall minus busy), and the gaps between kernels: their total by
             size and the largest, with the kernels around them (µs, seconds into the run, before,
@@ -273,97 +273,6 @@ def offline_phases(env_result, n=1000):
     return res
 
 
-KERNEL_KINDS = (  # first match wins; names as CUPTI reports them
-    ("decode attention", ("_decode_split_kernel", "_decode_merge_kernel", "BatchDecode")),
-    ("extend attention", ("_extend_kernel", "BatchPrefill", "flash")),
-    ("matmul", ("nvjet", "gemm", "gemv", "cutlass", "sm90_xmma", "_vector_kernel", "_skinny_matmul_kernel")),
-    ("norm/silu/rotary/store", ("_rms_norm", "_silu_mul", "_rotary", "_store_kv", "_add_rms")),
-    ("sampling", ("ArgMax", "argmax", "softmax", "topk", "sort", "_sample", "exponential", "Max", "Sum")),
-    ("copies", ("copy", "Memcpy", "memcpy", "Memset", "Cat", "gather", "index", "fill")),
-)
-
-
-def _kind(name: str) -> str:
-    for kind, needles in KERNEL_KINDS:
-        if any(n in name for n in needles):
-            return kind
-    return "other"
-
-
-def _profiled_seconds(fn) -> dict:
-    """Runs fn under the CUDA profiler: wall seconds, GPU busy seconds by kernel kind, top kernels."""
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        wall = time.perf_counter() - start
-    kinds: dict[str, float] = {}
-    top = []
-    for e in prof.key_averages():
-        total = (getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)) / 1e6
-        if total:
-            kinds[_kind(e.key)] = kinds.get(_kind(e.key), 0.0) + total
-            top.append((e.key[:70], round(total, 3), e.count))
-    top.sort(key=lambda r: -r[1])
-    busy = sum(kinds.values())
-    return dict(wall_s=round(wall, 2), gpu_busy_s=round(busy, 2), gpu_idle_s=round(wall - busy, 2),
-                by_kind_s={k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}, top=top[:15],
-                idle_gaps=_idle_gaps(prof))
-
-
-def _idle_gaps(prof, largest: int = 12) -> dict | str:
-    """Where the GPU waits: the gaps between consecutive kernels (by time, overlaps merged), their
-    total by size, and the largest ones with the kernels on either side and when they happened."""
-    from torch.autograd import DeviceType
-
-    try:
-        spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
-                       if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start)
-    except Exception as exc:  # noqa: BLE001 - a diagnostic: record and go on
-        return f"FAILED: {type(exc).__name__}: {exc}"[:200]
-    if not spans:
-        return "no kernels recorded"
-    gaps, end, before = [], spans[0][1], spans[0][2]
-    for start, stop, name in spans[1:]:
-        if start > end:
-            gaps.append((start - end, end, before, name))
-        if stop > end:
-            end, before = stop, name
-    first = spans[0][0]
-    by_size = {f">={t}us": round(sum(g for g, *_ in gaps if g >= t) / 1e6, 3) for t in (10, 100, 1000, 10000)}
-    gaps.sort(key=lambda g: -g[0])
-    return dict(total_s=round(sum(g for g, *_ in gaps) / 1e6, 3), count=len(gaps), seconds_in_gaps_of=by_size,
-                largest=[(round(g), round((at - first) / 1e6, 3), prev[:40], nxt[:40]) for g, at, prev, nxt in gaps[:largest]])
-
-
-def offline_ledger(n=1000):
-    """The offline workload's GPU time by kind of kernel: a prefill-only pass (1 output token each)
-    and the full run, both warm, on a fresh engine with default settings. Decode's share is the
-    difference. Profiling slows eager (extend) steps a little; the wall times are for reference."""
-    from runtime import Engine
-
-    engine = Engine(model_path=model_dir(tempfile.mkdtemp()), load_format="dummy")
-    reqs = workload(n)
-
-    def run(max_new_tokens_of):
-        engine.flush_cache()
-        engine.generate(input_ids=[p for p, _ in reqs], sampling_params=[
-            {"max_new_tokens": max_new_tokens_of(m), "temperature": 0, "ignore_eos": True} for _, m in reqs])
-
-    run(lambda m: 1)  # warm-up: allocator, Triton autotuning of extend shapes
-    res = dict(prefill_only=_profiled_seconds(lambda: run(lambda m: 1)))
-    before = engine.get_stats()
-    res["full"] = _profiled_seconds(lambda: run(lambda m: m))
-    after = engine.get_stats()
-    res["full"]["steps"] = {k: after[k] - before[k] for k in ("num_extend_steps", "extend_tokens", "num_decode_steps", "decode_rows")}
-    engine.check_integrity()
-    engine.shutdown()
-    return res
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
@@ -379,6 +288,8 @@ def main() -> None:
     if "phases" in wanted:
         section("phases", offline_phases, RESULTS["env"])
     if "ledger" in wanted:
+        from benchmarks.gpu_ledger import offline_ledger
+
         section("ledger", offline_ledger)
     if not wanted & {"syncs", "kernels", "kernels_b320", "overlap", "json", "offline"}:
         return _write(args.out)
