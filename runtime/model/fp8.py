@@ -70,7 +70,8 @@ def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, n_cols, stride_x, stride_o,
         cols = start + tl.arange(0, BLOCK)
         mask = cols < n_cols
         x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-        q = round_to_fp8(tl.clamp(x * inverse, -FP8_MAX, FP8_MAX), EXACT, MANT_BITS, MIN_EXP)  # see runtime/triton_interpreter.py
+        # EXACT: see runtime/triton_interpreter.py
+        q = round_to_fp8(tl.clamp(x * inverse, -FP8_MAX, FP8_MAX), EXACT, MANT_BITS, MIN_EXP)
         tl.store(out_ptr + row * stride_o + cols, q.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -162,7 +162,8 @@ def _spin_up(weight: torch.Tensor, seconds: float = 0.3) -> None:
     (the first shape timed) to our kernel, which a later measurement of the same shapes showed 20%
     slower than cuBLAS there; batch-1 decode ran at 151.5 tok/s against 155.9 in an earlier run.
     Most likely the idle GPU's clocks had not settled. Timings now also take the least of 3 rounds."""
-    a = torch.randn(4096, 4096, dtype=weight.dtype if weight.element_size() > 1 else torch.bfloat16, device=weight.device)
+    dtype = weight.dtype if weight.element_size() > 1 else torch.bfloat16  # an fp8 weight: its model's dtype
+    a = torch.randn(4096, 4096, dtype=dtype, device=weight.device)
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         for _ in range(20):

@@ -38,9 +38,9 @@ import triton
 import triton.language as tl
 
 from runtime import pdl
-from runtime.triton_interpreter import exact_rounding, round_to_fp8
 from runtime.model import fp8
 from runtime.pdl import gdc_launch_dependents, gdc_wait
+from runtime.triton_interpreter import exact_rounding, round_to_fp8
 
 PLAIN, SILU_MUL, RMS_NORM = 0, 1, 2
 FP8_MAX = tl.constexpr(fp8.FP8_MAX)
@@ -81,7 +81,8 @@ def _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_inverse,
     """f(x)[k] as the product takes it: in float32, or as e4m3 codes of f(x) / scale (QUANT_X)."""
     x = _input_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, INPUT, HAS_RESIDUAL)
     if QUANT_X:
-        x = round_to_fp8(tl.clamp(x * x_inverse, -FP8_MAX, FP8_MAX), EXACT, 3, -6)  # e4m3; see runtime/triton_interpreter.py
+        # e4m3 (3 mantissa bits, smallest normal 2^-6); EXACT: see runtime/triton_interpreter.py
+        x = round_to_fp8(tl.clamp(x * x_inverse, -FP8_MAX, FP8_MAX), EXACT, 3, -6)
         x = x.to(tl.float8e4nv).to(tl.float32)
     return x
 
@@ -122,17 +123,20 @@ def _vector_kernel(
         amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + offs_k
-            amax = tl.maximum(amax, tl.abs(_input_tile(x_ptr, res_ptr, norm_ptr, k, k < K, K, rstd, INPUT, HAS_RESIDUAL)))
+            f_x = _input_tile(x_ptr, res_ptr, norm_ptr, k, k < K, K, rstd, INPUT, HAS_RESIDUAL)
+            amax = tl.maximum(amax, tl.abs(f_x))
         x_scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX), MIN_SCALE)
         x_inverse = tl.math.div_rn(1.0, x_scale)
     # products accumulate per (row, lane) and are summed once at the end, not per tile
-    x_first = _operand_tile(x_ptr, res_ptr, norm_ptr, offs_k, offs_k < K, K, rstd, x_inverse, INPUT, HAS_RESIDUAL, HAS_SCALE, EXACT)
+    x_first = _operand_tile(x_ptr, res_ptr, norm_ptr, offs_k, offs_k < K, K, rstd, x_inverse,
+                            INPUT, HAS_RESIDUAL, HAS_SCALE, EXACT)
     acc = w_first.to(tl.float32) * x_first[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + offs_k
         mask_k = k < K
         w = tl.load(w_rows + k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        x_tile = _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_inverse, INPUT, HAS_RESIDUAL, HAS_SCALE, EXACT)
+        x_tile = _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_inverse,
+                               INPUT, HAS_RESIDUAL, HAS_SCALE, EXACT)
         acc += w.to(tl.float32) * x_tile[None, :]
     if PDL:
         gdc_launch_dependents()  # after the loop, so the next kernel's programs don't take our SM slots
