@@ -1,5 +1,5 @@
-"""fp8 weights (W8A8, e4m3): `quantization="fp8"` halves the bytes and, on Hopper, the time of every
-matmul except the LM head's.
+"""fp8 weights (W8A8, e4m3): `quantization="fp8"` halves the bytes of every matmul except the LM
+head's. On an H200, prefill-sized products ran 1.5-1.7x faster than bf16, those at M = 320 1.0-1.14x.
 
 Each weight is quantised once, after loading, with one scale per output channel (its row). Each
 input is quantised as it arrives, with one scale per row (per token), by a one-pass Triton kernel on
@@ -25,13 +25,12 @@ import triton
 import triton.language as tl
 
 from runtime import pdl
-from runtime.triton_interpreter import E4M3, exact_rounding, round_to_fp8
 from runtime.pdl import enter_small_kernel
+from runtime.triton_interpreter import E4M3, exact_rounding, round_to_fp8
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite e4m3fn value
 MIN_SCALE = 1e-12  # an all-zero row gets this scale, not 0 (which would divide by zero)
-QUANTIZATIONS = ("fp8",)
 
 
 def check_supported(device: torch.device) -> None:

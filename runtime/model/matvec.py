@@ -40,11 +40,13 @@ import triton.language as tl
 from runtime import pdl
 from runtime.model import fp8
 from runtime.pdl import gdc_launch_dependents, gdc_wait
-from runtime.triton_interpreter import exact_rounding, round_to_fp8
+from runtime.triton_interpreter import E4M3, exact_rounding, round_to_fp8
 
 PLAIN, SILU_MUL, RMS_NORM = 0, 1, 2
 FP8_MAX = tl.constexpr(fp8.FP8_MAX)
 MIN_SCALE = tl.constexpr(fp8.MIN_SCALE)
+E4M3_MANT_BITS = tl.constexpr(E4M3["MANT_BITS"])
+E4M3_MIN_EXP = tl.constexpr(E4M3["MIN_EXP"])
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,8 @@ def _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_inverse,
     """f(x)[k] as the product takes it: in float32, or as e4m3 codes of f(x) / scale (QUANT_X)."""
     x = _input_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, INPUT, HAS_RESIDUAL)
     if QUANT_X:
-        # e4m3 (3 mantissa bits, smallest normal 2^-6); EXACT: see runtime/triton_interpreter.py
-        x = round_to_fp8(tl.clamp(x * x_inverse, -FP8_MAX, FP8_MAX), EXACT, 3, -6)
+        # EXACT: see runtime/triton_interpreter.py
+        x = round_to_fp8(tl.clamp(x * x_inverse, -FP8_MAX, FP8_MAX), EXACT, E4M3_MANT_BITS, E4M3_MIN_EXP)
         x = x.to(tl.float8e4nv).to(tl.float32)
     return x
 
