@@ -67,7 +67,7 @@ class CudaGraphRunner:
 
     def _run_static(self, bs: int, batch: ForwardBatch) -> None:
         hidden = self.model(batch.input_ids, batch.positions, batch)
-        self.logits[:bs] = self.model.compute_logits(hidden)
+        self.model.compute_logits(hidden, out=self.logits[:bs])
 
     @torch.inference_mode()
     def _capture_all(self) -> None:

@@ -8,14 +8,13 @@ import torch
 
 from runtime.attention.base import AttentionLayer, BaseAttentionBackend, register_attention_backend
 from runtime.attention.triton.decode import DecodeConfig, choose_num_splits, decode_attention_table
-from runtime.attention.triton.extend import ExtendConfig, extend_attention
+from runtime.attention.triton.extend import ExtendConfig, choose_extend_config, extend_attention
 from runtime.attention.triton.kv_store import store_kv
 from runtime.forward_batch import ForwardBatch
 from runtime.triton_interpreter import can_launch_on
 
 CPU_NUM_SMS = 4  # the interpreter runs programs one by one: few splits keep it quick
 DEFAULT_DECODE_CONFIG = DecodeConfig()
-DEFAULT_EXTEND_CONFIG = ExtendConfig()
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,17 @@ class TritonAttention(BaseAttentionBackend):
     """Split-KV decode and causal extend kernels in Triton over the paged KV pool.
 
     `num_splits` forces the decode split count (tests, benchmarks); by default it is chosen per step
-    from the batch size, the KV heads, the longest sequence and the SM count. Unknown keyword
-    arguments (device, num_heads, ...) are accepted and ignored, like every backend's factory.
+    from the batch size, the KV heads, the longest sequence and the SM count. `extend_config` forces
+    the extend kernel's launch shape; by default it is chosen per step from the longest extend.
+    Unknown keyword arguments (device, num_heads, ...) are accepted and ignored, like every
+    backend's factory.
     """
 
     def __init__(
         self,
         num_splits: int | None = None,
         decode_config: DecodeConfig = DEFAULT_DECODE_CONFIG,
-        extend_config: ExtendConfig = DEFAULT_EXTEND_CONFIG,
+        extend_config: ExtendConfig | None = None,
         **_unused,
     ):
         self.num_splits = num_splits
@@ -123,7 +124,8 @@ class TritonAttention(BaseAttentionBackend):
         meta = self.metadata
         return extend_attention(
             q, k_buffer, v_buffer, meta.qo_indptr, meta.kv_indptr, meta.kv_indices,
-            layer.scaling, meta.max_extend_len, config=self.extend_config,
+            layer.scaling, meta.max_extend_len,
+            config=self.extend_config or choose_extend_config(meta.max_extend_len),
         )
 
     def forward_decode(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:

@@ -46,7 +46,10 @@ class DecodeConfig:
     num_stages: int = 2  # software-pipelining depth of the KV loop (ignored by the interpreter)
 
 
-@triton.jit
+# The batch's row and length tensors can be views at any offset (e.g. req_pool_indices packed behind
+# the positions, B int64s in), so their pointers must not be specialised on 16-byte alignment: that
+# would compile a second variant, mid-run, the first time an eager batch of odd size comes.
+@triton.jit(do_not_specialize_on_alignment=["row_ptr", "seq_lens_ptr"])
 def _decode_split_kernel(
     q_ptr, k_buffer_ptr, v_buffer_ptr, table_ptr, row_ptr, row_stride, seq_lens_ptr, mid_o_ptr, mid_lse_ptr,
     scale_log2,

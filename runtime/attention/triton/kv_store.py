@@ -11,7 +11,9 @@ from runtime.pdl import enter_small_kernel
 from runtime.triton_interpreter import can_launch_on, exact_rounding, fp8_format, round_to_fp8
 
 
-@triton.jit
+# `loc` is usually a slice of the pool's free list at whatever offset it had reached: no alignment
+# specialisation, or each parity of that offset compiles its own variant (see decode.py).
+@triton.jit(do_not_specialize_on_alignment=["loc_ptr"])
 def _store_kv_kernel(
     k_ptr, v_ptr, k_buffer_ptr, v_buffer_ptr, loc_ptr,
     stride_k_t, stride_k_h, stride_v_t, stride_v_h, stride_buffer_s, stride_buffer_h,
