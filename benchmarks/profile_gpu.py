@@ -16,6 +16,8 @@ benchmark of record (that is bench_gpu.py).
   blas      each projection at M = 1 through cuBLAS, cuBLAS GEMV, cuBLASLt and our kernel (past L2)
   phases    the 1,000-request offline workload split into prefill and decode time, against the
             bound that the run's measured matmul rate and copy bandwidth set; 256 vs 512 running
+  sustained the gate_up product (N 28672, K 4096) in 2-second loops at M 4096/8192/16384, twice over:
+            the rate the card holds under its power limit, against env's short 8192^3 burst
   ledger    (gpu_ledger.py) GPU seconds of the whole offline run by kind of kernel (matmul, decode attention, extend
             attention, elementwise, copies, sampling) for the prefill-only pass and the full run,
             the GPU's idle time (wall minus busy), and the gaps between kernels: their total by
@@ -110,6 +112,26 @@ def gemv(copy_tb_s):
         out[name] = dict(us=round(seconds * 1e6, 1), tb_s=round(tb_s, 2), of_copy=round(tb_s / copy_tb_s, 3))
         del w, x, graph
     return out
+
+
+def sustained_matmul(seconds=2.0):
+    """TFLOP/s of bf16 x[M, 4096] @ W[28672, 4096]^T held for `seconds` per M, twice (a second pass shows
+    whether the first was still warming up). Prefill's matmuls run for seconds at a time, so this,
+    not a short burst, is the rate that bounds them."""
+    res = {}
+    w = torch.randn(28672, 4096, device="cuda", dtype=torch.bfloat16)
+    for rep in range(2):
+        for m in (4096, 8192, 16384):
+            x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
+            torch.cuda.synchronize()
+            calls, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                for _ in range(10):
+                    x @ w.t()
+                torch.cuda.synchronize()
+                calls += 10
+            res[f"m{m}_pass{rep}"] = round(2 * m * 28672 * 4096 * calls / (time.perf_counter() - start) / 1e12, 1)
+    return res
 
 
 def blas_variants(copy_tb_s):
@@ -285,6 +307,8 @@ def main() -> None:
         section("gemv", gemv, copy_tb_s)
     if "blas" in wanted:
         section("blas", blas_variants, copy_tb_s)
+    if "sustained" in wanted:
+        section("sustained", sustained_matmul)
     if "phases" in wanted:
         section("phases", offline_phases, RESULTS["env"])
     if "ledger" in wanted:
