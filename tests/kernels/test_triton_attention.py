@@ -4,25 +4,17 @@ On CPU the kernels run in Triton's interpreter (small shapes); with CUDA they ar
 `gpu` tests add real model shapes.
 """
 
-import os
-
 import pytest
 import torch
 
+from tests.interpreted_triton import use_interpreter_for
+
+# NOTE: before triton and our kernel modules are first imported (the interpreter is chosen at decoration)
+use_interpreter_for(*(f"runtime.attention.triton.{name}" for name in ("kv_store", "decode", "extend", "backend")))
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    # NOTE: must be set before the kernels are decorated (i.e. before our modules are imported).
-    os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
 
-import importlib
-import sys
-from dataclasses import replace
-
-for _name in ("kv_store", "decode", "extend", "backend"):
-    # A module imported earlier without the interpreter holds compiled-only kernels: rebuild it.
-    if not HAS_CUDA and f"runtime.attention.triton.{_name}" in sys.modules:
-        importlib.reload(sys.modules[f"runtime.attention.triton.{_name}"])
+from dataclasses import replace  # noqa: E402
 
 from runtime.attention.base import AttentionLayer, build_kv_indices, create_attention_backend
 from runtime.attention.torch_native import TorchNativeAttention

@@ -1,19 +1,13 @@
 """Packed bitmask helpers: the vectorised CPU path and the Triton kernel (interpreted on CPU) against
 a per-element reference."""
 
-import importlib
-import os
-import sys
-
 import pytest
 import torch
 
-HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    # NOTE: must be set before the kernel is decorated (i.e. before triton_bitmask is imported).
-    os.environ["TRITON_INTERPRET"] = "1"
-    if "runtime.constrained.triton_bitmask" in sys.modules:
-        importlib.reload(sys.modules["runtime.constrained.triton_bitmask"])
+from tests.interpreted_triton import use_interpreter_for
+
+# NOTE: before triton_bitmask is first imported (the interpreter is chosen at decoration)
+HAS_CUDA = not use_interpreter_for("runtime.constrained.triton_bitmask")
 
 from runtime.constrained.bitmask import allocate_token_bitmask, apply_token_bitmask_, unpack_bitmask  # noqa: E402
 
