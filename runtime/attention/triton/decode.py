@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from runtime import pdl
+from runtime.attention.triton.tile import attend_tile
 from runtime.pdl import enter_small_kernel
 
 LOG2_E = 1.4426950408889634
@@ -86,29 +87,10 @@ def _decode_split_kernel(
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
     kv_head_offset = kv_head * stride_buffer_h
-    for start in range(lo, hi, BLOCK_N):
-        n = start + offs_n
-        mask_n = n < hi
-        slots = tl.load(table_ptr + kv_start + n, mask=mask_n, other=0).to(tl.int64)
-        kv_offsets = slots[:, None] * stride_buffer_s + kv_head_offset + offs_d[None, :]
-        kv_mask = mask_n[:, None] & mask_d[None, :]
-        # k, v: [BLOCK_N, BLOCK_D] gathered through the slot table
-        k = tl.load(k_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0)
-        if KV_VIA_F32:  # an fp8 pool: widen exactly to float32 first (Triton's interpreter
-            k = k.to(tl.float32)  # converts fp8 straight to bf16 wrongly; on the GPU it costs nothing)
-        k = k.to(q.dtype)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-        scores = tl.where(mask_n[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0)
-        if KV_VIA_F32:
-            v = v.to(tl.float32)
-        v = v.to(q.dtype)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+    for start in range(lo, hi, BLOCK_N):  # (offs_h stands in for last_visible: decode is not causal)
+        acc, m_i, l_i = attend_tile(
+            acc, m_i, l_i, q, start, hi, offs_h, k_buffer_ptr, v_buffer_ptr, table_ptr + kv_start, kv_head_offset,
+            stride_buffer_s, offs_n, offs_d, mask_d, scale_log2, DOT_PRECISION, KV_VIA_F32, BOUNDED=True, CAUSAL=False)
 
     # An empty split (lo >= hi) leaves l_i == 0 and m_i == -inf: it stores o = 0, lse = -inf.
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)

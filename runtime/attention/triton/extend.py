@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from runtime.attention.triton.decode import LOG2_E, dot_precision
+from runtime.attention.triton.tile import attend_tile
 
 
 @dataclass(frozen=True)
@@ -41,44 +42,6 @@ LONG_EXTEND_CONFIG = ExtendConfig(block_m=128, block_n=64, num_warps=4, num_stag
 def choose_extend_config(max_extend_len: int) -> ExtendConfig:
     """The launch shape for a step whose longest request adds `max_extend_len` tokens."""
     return LONG_EXTEND_CONFIG if max_extend_len >= LONG_EXTEND_LEN else ExtendConfig()
-
-
-@triton.jit
-def _attend_tile(
-    acc, m_i, l_i, q, start, hi, last_visible, k_buffer_ptr, v_buffer_ptr, kv_indices_ptr, kv_start,
-    kv_head_offset, stride_buffer_s, offs_n, offs_d, mask_d, scale_log2,
-    DOT_PRECISION: tl.constexpr, KV_VIA_F32: tl.constexpr, MASKED: tl.constexpr,
-):
-    """One BLOCK_N tile of keys folded into the running softmax. Unmasked tiles (every key visible to
-    every query of the block, all below hi) skip the bounds and causal masks."""
-    n = start + offs_n
-    if MASKED:
-        mask_n = n < hi
-        slots = tl.load(kv_indices_ptr + kv_start + n, mask=mask_n, other=0).to(tl.int64)
-        kv_mask = mask_n[:, None] & mask_d[None, :]
-    else:
-        slots = tl.load(kv_indices_ptr + kv_start + n).to(tl.int64)
-        kv_mask = mask_d[None, :]
-    kv_offsets = slots[:, None] * stride_buffer_s + kv_head_offset + offs_d[None, :]
-    k = tl.load(k_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0)
-    if KV_VIA_F32:  # an fp8 pool: widen exactly first (see decode.py)
-        k = k.to(tl.float32)
-    k = k.to(q.dtype)
-    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-    if MASKED:
-        # NOTE: key 0 is visible to every row (padding rows too), so m_i is finite after tile 0.
-        visible = mask_n[None, :] & (n[None, :] <= last_visible[:, None])
-        scores = tl.where(visible, scores, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(scores, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(scores - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_buffer_ptr + kv_offsets, mask=kv_mask, other=0.0)
-    if KV_VIA_F32:
-        v = v.to(tl.float32)
-    v = v.to(q.dtype)
-    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=DOT_PRECISION)
-    return acc, m_new, l_i
 
 
 @triton.jit
@@ -122,14 +85,16 @@ def _extend_kernel(
     # keys [0, prefix_len + block * BLOCK_M] are visible to every query of the block: whole tiles of
     # them need no mask; the tiles from there to hi (the causal band, the sequence end) do
     unmasked_end = (prefix_len + block * BLOCK_M + 1) // BLOCK_N * BLOCK_N
+    slots_ptr = kv_indices_ptr + kv_start
     for start in range(0, unmasked_end, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(
-            acc, m_i, l_i, q, start, hi, last_visible, k_buffer_ptr, v_buffer_ptr, kv_indices_ptr, kv_start,
-            kv_head_offset, stride_buffer_s, offs_n, offs_d, mask_d, scale_log2, DOT_PRECISION, KV_VIA_F32, False)
+        acc, m_i, l_i = attend_tile(
+            acc, m_i, l_i, q, start, hi, last_visible, k_buffer_ptr, v_buffer_ptr, slots_ptr, kv_head_offset,
+            stride_buffer_s, offs_n, offs_d, mask_d, scale_log2, DOT_PRECISION, KV_VIA_F32, BOUNDED=False, CAUSAL=False)
+    # NOTE: key 0 is visible to every row (padding rows too), so m_i is finite after the first tile.
     for start in range(unmasked_end, hi, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(
-            acc, m_i, l_i, q, start, hi, last_visible, k_buffer_ptr, v_buffer_ptr, kv_indices_ptr, kv_start,
-            kv_head_offset, stride_buffer_s, offs_n, offs_d, mask_d, scale_log2, DOT_PRECISION, KV_VIA_F32, True)
+        acc, m_i, l_i = attend_tile(
+            acc, m_i, l_i, q, start, hi, last_visible, k_buffer_ptr, v_buffer_ptr, slots_ptr, kv_head_offset,
+            stride_buffer_s, offs_n, offs_d, mask_d, scale_log2, DOT_PRECISION, KV_VIA_F32, BOUNDED=True, CAUSAL=True)
 
     out = acc / l_i[:, None]
     tl.store(
