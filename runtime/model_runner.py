@@ -39,11 +39,11 @@ def resolve_kv_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
     return KV_DTYPES[name]
 
 
-def _check_fp8(dtype: torch.dtype, device: torch.device) -> None:
+def _check_fp8(dtype: torch.dtype, device: torch.device, source: str) -> None:
     from runtime.model.fp8 import check_supported
 
     if dtype != torch.bfloat16:
-        raise ValueError(f"quantization='fp8' needs dtype bfloat16, the model runs in {dtype}")
+        raise ValueError(f"{source} needs dtype bfloat16, the model runs in {dtype}")
     check_supported(device)
 
 
@@ -77,8 +77,11 @@ class ModelRunner:
         self.device = resolve_device(config.device)
         self.attention_backend_name = resolve_attention_backend(config.attention_backend, self.device)
         self.attn_backend = create_attention_backend(self.attention_backend_name, device=self.device)
-        if config.quantization == "fp8":  # refuse before loading gigabytes
-            _check_fp8(resolve_dtype(config.dtype, ModelConfig.from_pretrained(model_path)), self.device)
+        checkpoint = ModelConfig.from_pretrained(model_path)
+        fp8_checkpoint = checkpoint.weight_quantization == "fp8" and config.load_format != "dummy"
+        if config.quantization == "fp8" or fp8_checkpoint:  # refuse before loading gigabytes
+            source = "quantization='fp8'" if config.quantization == "fp8" else "an fp8 checkpoint (its quantization_config)"
+            _check_fp8(resolve_dtype(config.dtype, checkpoint), self.device, source)
         self.model, self.model_config = load_model(
             model_path,
             dtype=config.dtype,
@@ -90,6 +93,8 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.model_config)
         if config.quantization == "fp8":
             self._quantize_fp8()
+        elif fp8_checkpoint and self.device.type == "cuda":
+            torch.cuda.empty_cache()  # the placeholders the fp8 layers replaced go back to the KV budget
         self.kv_dtype = resolve_kv_dtype(config.kv_cache_dtype, self.dtype)
         if self.attention_backend_name == "flashinfer" and self.dtype == torch.float32:
             raise ValueError("attention_backend='flashinfer' needs dtype float16 or bfloat16, not float32")

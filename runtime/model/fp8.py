@@ -1,5 +1,7 @@
 """fp8 weights (W8A8, e4m3): `quantization="fp8"` halves the bytes of every matmul except the LM
-head's. On an H200, prefill-sized products ran 1.5-1.7x faster than bf16, those at M = 320 1.0-1.14x.
+head's. On an H200, prefill-sized products ran 1.5-1.7x faster than bf16, those at M = 320
+1.0-1.14x. Checkpoints saved with fp8 weights load into the same layers (loader.py; the formats
+are listed in config.py).
 
 Each weight is quantised once, after loading, with one scale per output channel (its row). Each
 input is quantised as it arrives, with one scale per row (per token), by a one-pass Triton kernel on
@@ -37,8 +39,8 @@ def check_supported(device: torch.device) -> None:
     """ValueError naming the option where fp8 matmuls cannot run: CUDA GPUs before Ada/Hopper."""
     if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
         name = torch.cuda.get_device_name(device)
-        raise ValueError(f"quantization='fp8' needs a GPU of compute capability 8.9 or later (Ada, Hopper); "
-                         f"{name} is {torch.cuda.get_device_capability(device)}")
+        raise ValueError(f"fp8 weights (quantization='fp8' or an fp8 checkpoint) need a GPU of compute capability "
+                         f"8.9 or later (Ada, Hopper); {name} is {torch.cuda.get_device_capability(device)}")
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,6 +107,13 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
         x64 = xq.double() * x_scale.double()
         return torch.nn.functional.linear(x64, weight.double() * weight_scale.double().reshape(-1, 1)).to(x.dtype)
     return torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale, out_dtype=x.dtype)
+
+
+def make_fp8(linear: torch.nn.Module) -> None:
+    """Give a Linear an (uninitialised) e4m3 weight and [1, N] float32 scales, for a checkpoint that
+    stores them: the loader then fills both."""
+    linear.weight = torch.nn.Parameter(torch.empty_like(linear.weight, dtype=FP8), requires_grad=False)
+    linear.weight_scale = torch.empty(1, linear.output_size, dtype=torch.float32, device=linear.weight.device)
 
 
 def quantize_model(model: torch.nn.Module) -> int:

@@ -6,6 +6,11 @@ values (`load_format="dummy"`, for benchmarks at real shapes without real weight
 
 Loading is strict: the checkpoint's tensor names are checked against the model's before any data is
 read; a tensor with no home or a parameter with no tensor is an error naming them.
+
+fp8 checkpoints (config.json's quantization_config, see config.py): every Linear whose checkpoint
+weight is e4m3 becomes an fp8 layer (fp8.py) before the names are matched, and its `weight_scale`
+is read too, one value per tensor (spread over the tensor's rows) or one per output channel.
+Static activation scales (`input_scale`) are not used: inputs are always scaled per token.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import logging
 import os
 from typing import Iterator, Optional, Union
 
@@ -21,8 +27,10 @@ from torch import nn
 
 from runtime.attention.base import BaseAttentionBackend, create_attention_backend
 from runtime.model.config import ModelConfig
-from runtime.model.layers import MergedLinear, RMSNorm
+from runtime.model.layers import Linear, MergedLinear, RMSNorm
 from runtime.model.registry import get_model_class
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
@@ -30,6 +38,9 @@ DUMMY_STD = 0.02
 
 # Checkpoint tensors that carry no weights: RoPE tables some exporters saved as buffers.
 _HARMLESS_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
+# ... and in fp8 checkpoints, static scales for activations and the KV cache, which we do not use.
+_UNUSED_FP8_SCALES = ("input_scale", "k_scale", "v_scale")
+_SAFETENSORS_FP8 = "F8_E4M3"
 
 
 def load_model(
@@ -60,7 +71,7 @@ def load_model(
         if load_format == "dummy":
             fill_dummy_weights(model, seed)
         else:
-            load_safetensors(model, model_path)
+            load_safetensors(model, model_path, config.weight_quantization)
     return model.eval(), config
 
 
@@ -109,12 +120,16 @@ def checkpoint_files(model_path: str) -> list[str]:
     return files
 
 
-def checkpoint_targets(model: nn.Module) -> dict[str, tuple[nn.Parameter, Optional[slice]]]:
+def checkpoint_targets(model: nn.Module) -> dict[str, tuple[torch.Tensor, Optional[slice]]]:
     """Checkpoint tensor name → (our parameter, rows of it, None = all). A MergedLinear answers for
-    each of its shards: `…self_attn.q_proj.weight` → rows of `…self_attn.qkv_proj.weight`."""
-    targets: dict[str, tuple[nn.Parameter, Optional[slice]]] = {}
+    each of its shards: `…self_attn.q_proj.weight` → rows of `…self_attn.qkv_proj.weight`. An fp8
+    layer's scales ([1, N], one per row of its weight) are a target too, as a flat view."""
+    targets: dict[str, tuple[torch.Tensor, Optional[slice]]] = {}
     for module_name, module in model.named_modules():  # tied modules appear once
-        for param_name, param in module.named_parameters(recurse=False):
+        tensors = list(module.named_parameters(recurse=False))
+        if getattr(module, "weight_scale", None) is not None:
+            tensors.append(("weight_scale", module.weight_scale.view(-1)))
+        for param_name, param in tensors:
             if not isinstance(module, MergedLinear):
                 targets[_join(module_name, param_name)] = (param, None)
                 continue
@@ -129,18 +144,32 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def load_safetensors(model: nn.Module, model_path: str) -> None:
-    """Fill every parameter from the checkpoint; ValueError (before reading any data) if names differ."""
+def load_safetensors(model: nn.Module, model_path: str, weight_quantization: Optional[str] = None) -> None:
+    """Fill every parameter from the checkpoint; ValueError (before reading any data) if names differ.
+    weight_quantization "fp8" (the config's): the layers stored in e4m3 become fp8 layers first."""
     from safetensors import safe_open
 
     files = checkpoint_files(model_path)
-    targets = checkpoint_targets(model)
-    names_by_file = {}
+    names_by_file, fp8_names = {}, set()
     for path in files:
         with safe_open(path, framework="pt", device="cpu") as f:
             names_by_file[path] = list(f.keys())
+            fp8_names.update(n for n in names_by_file[path] if f.get_slice(n).get_dtype() == _SAFETENSORS_FP8)
+    if fp8_names and weight_quantization != "fp8":
+        raise ValueError(f"checkpoint tensor {min(fp8_names)} is fp8 (e4m3), but config.json has no fp8 "
+                         "quantization_config to say how to scale it")
+    harmless = _HARMLESS_SUFFIXES
+    if weight_quantization == "fp8":
+        if not fp8_names:
+            logger.warning("config.json's quantization_config is fp8 but no checkpoint tensor is: loading the "
+                           "weights as stored (quantization='fp8' rounds them after loading)")
+        _make_fp8_layers(model, fp8_names)
+        harmless = _HARMLESS_SUFFIXES + _UNUSED_FP8_SCALES
+        if any(n.endswith("input_scale") for names in names_by_file.values() for n in names):
+            logger.info("the checkpoint's static input scales are not used: inputs are scaled per token")
+    targets = checkpoint_targets(model)
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
-    _check_names(model_path, targets, [n for names in names_by_file.values() for n in names], tied)
+    _check_names(model_path, targets, [n for names in names_by_file.values() for n in names], tied, harmless)
     for path, names in names_by_file.items():
         with safe_open(path, framework="pt", device="cpu") as f:
             for name in names:
@@ -148,8 +177,27 @@ def load_safetensors(model: nn.Module, model_path: str) -> None:
                     _copy_tensor(name, f.get_tensor(name), *targets[name])
 
 
-def _check_names(model_path: str, targets: dict, names: list[str], tied: bool) -> None:
-    harmless = _HARMLESS_SUFFIXES + (("lm_head.weight",) if tied else ())
+def _make_fp8_layers(model: nn.Module, fp8_names: set[str]) -> None:
+    """Every Linear whose checkpoint weight (each shard's, for a merged layer) is e4m3 → an fp8 layer."""
+    from runtime.model.fp8 import make_fp8
+
+    for module_name, module in model.named_modules():
+        if not isinstance(module, Linear):
+            continue
+        parent = module_name.rpartition(".")[0]
+        shards = module.shard_names if isinstance(module, MergedLinear) else [module_name.rpartition(".")[2]]
+        stored = [_join(_join(parent, shard), "weight") for shard in shards]
+        in_fp8 = [name in fp8_names for name in stored]
+        if all(in_fp8):
+            make_fp8(module)
+        elif any(in_fp8):
+            raise ValueError(f"checkpoint tensors {', '.join(stored)} run as one matmul but are not all fp8 "
+                             f"(fp8: {[n for n, f in zip(stored, in_fp8) if f]})")
+
+
+def _check_names(model_path: str, targets: dict, names: list[str], tied: bool,
+                 harmless_suffixes: tuple[str, ...] = _HARMLESS_SUFFIXES) -> None:
+    harmless = harmless_suffixes + (("lm_head.weight",) if tied else ())
     unexpected = [n for n in names if n not in targets and not n.endswith(harmless)]
     missing = sorted(set(targets) - set(names))
     if not unexpected and not missing:
@@ -170,8 +218,11 @@ def _first_few(names: list[str], limit: int = 5) -> str:
     return shown + (f", … (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
-def _copy_tensor(name: str, tensor: torch.Tensor, param: nn.Parameter, rows: Optional[slice]) -> None:
+def _copy_tensor(name: str, tensor: torch.Tensor, param: torch.Tensor, rows: Optional[slice]) -> None:
     destination = param.data if rows is None else param.data[rows]
+    if name.endswith("weight_scale"):
+        # one scale for the whole tensor: each of its rows takes it; one per output channel: [N] or [N, 1]
+        tensor = tensor.reshape(1).expand(destination.shape) if tensor.numel() == 1 else tensor.reshape(-1)
     if destination.shape != tensor.shape:
         raise ValueError(
             f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model expects {tuple(destination.shape)}"

@@ -156,9 +156,32 @@ def test_non_silu_activation_is_refused():
         ModelConfig.from_dict(small("LlamaForCausalLM", hidden_act="gelu"))
 
 
-def test_quantised_checkpoint_is_refused_naming_its_method_and_the_alternative():
-    with pytest.raises(ValueError, match="'compressed-tensors'.*quantization='fp8'"):
-        ModelConfig.from_dict(small("LlamaForCausalLM", quantization_config={"quant_method": "compressed-tensors"}))
+FP8_GROUP = {"weights": {"type": "float", "num_bits": 8, "strategy": "channel"}, "input_activations": {"dynamic": True}}
+
+
+@pytest.mark.parametrize("quantization_config", [
+    {"quant_method": "fp8", "activation_scheme": "static"},
+    {"quant_method": "fbgemm_fp8"},
+    {"quant_method": "compressed-tensors", "format": "float-quantized", "config_groups": {"group_0": FP8_GROUP}},
+])
+def test_fp8_checkpoints_are_recognised(quantization_config):
+    config = ModelConfig.from_dict(small("LlamaForCausalLM", quantization_config=quantization_config))
+    assert config.weight_quantization == "fp8"
+    assert ModelConfig.from_dict(small("LlamaForCausalLM")).weight_quantization is None
+
+
+@pytest.mark.parametrize("quantization_config, message", [
+    ({"quant_method": "awq", "bits": 4}, "quant_method 'awq' is not supported.*quantization='fp8'"),
+    ({"quant_method": "gptq"}, "quant_method 'gptq' is not supported"),
+    ({"quant_method": "fp8", "weight_block_size": [128, 128]}, r"block-wise fp8 scales .*weight_block_size \[128, 128\]"),
+    ({"quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {"type": "int", "num_bits": 4}}}},
+     r"config_groups.group_0.weights .* \('int', 4, None\) is not supported"),
+    ({"quant_method": "compressed-tensors",
+      "config_groups": {"g": {"weights": {"type": "float", "num_bits": 8, "strategy": "block"}}}}, "'block'"),
+])
+def test_other_quantised_checkpoints_are_refused_naming_what_is_not_supported(quantization_config, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_dict(small("LlamaForCausalLM", quantization_config=quantization_config))
 
 
 def test_eos_ids_merge_config_and_generation_config_in_order_without_duplicates():
