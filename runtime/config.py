@@ -30,7 +30,8 @@ class EngineConfig:
         "'fp8': every matmul but the LM head's in fp8 (e4m3) with one scale per weight row and per input "
         "row, computed after loading; needs dtype bfloat16 and, on a GPU, compute capability 8.9+. Halves "
         "the weights' bytes; prefill's matmuls ran 1.6x faster on an H200. Lossy (benchmarks/RESULTS.md). "
-        "Checkpoints saved in fp8 need no option: they load in fp8 as they are.",
+        "Checkpoints saved in fp8 need no option: per-tensor/channel ones load in fp8 as they are, block-scaled "
+        "ones are dequantised at load (this option then rounds them to fp8 again).",
         (None, "fp8"),
     )
     # --- memory

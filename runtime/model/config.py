@@ -81,6 +81,7 @@ class ModelConfig:
     bos_token_id: Optional[int]
     sliding_window: Optional[int]
     weight_quantization: Optional[str] = None  # "fp8": the checkpoint stores e4m3 weights with scales
+    weight_block_size: Optional[tuple[int, int]] = None  # fp8 scales per (rows, columns) block, if so
 
     @property
     def context_length(self) -> int:
@@ -114,7 +115,7 @@ class ModelConfig:
         missing = [key for key in _REQUIRED_KEYS if key not in raw]
         if missing:
             raise ValueError(f"config.json lacks {', '.join(missing)}")
-        weight_quantization = _weight_quantization(raw.get("quantization_config"))
+        weight_quantization, weight_block_size = _weight_quantization(raw.get("quantization_config"))
         hidden_act = raw.get("hidden_act", "silu")
         if hidden_act != "silu":
             raise ValueError(f"hidden_act {hidden_act!r} is not supported; only 'silu'")
@@ -140,35 +141,39 @@ class ModelConfig:
             eos_token_ids=_eos_ids(raw, generation_config),
             bos_token_id=raw.get("bos_token_id"),
             weight_quantization=weight_quantization,
+            weight_block_size=weight_block_size,
             **_ARCH_RULES[architecture](raw),
         )
 
 
-# quant_method values whose checkpoints hold e4m3 weights, each with a float32 scale to multiply by
-# (per tensor or per output channel): runtime/model/fp8.py loads them
+# quant_method values whose checkpoints hold e4m3 weights, each with float32 scales to multiply by: per
+# tensor or per output channel (served in fp8, runtime/model/fp8.py), or per block (weight_block_size,
+# `weight_scale_inv`: DeepSeek-V3's and Qwen3-FP8's format), dequantised to the model dtype at load
 FP8_CHECKPOINT_METHODS = ("fp8", "compressed-tensors", "fbgemm_fp8")
 
 
-def _weight_quantization(config: Any) -> Optional[str]:
-    """config.json's quantization_config → "fp8" for the fp8 formats we load, None when absent;
-    ValueError naming the method or scheme otherwise."""
+def _weight_quantization(config: Any) -> tuple[Optional[str], Optional[tuple[int, int]]]:
+    """config.json's quantization_config → ("fp8", block size or None) for the fp8 formats we load,
+    (None, None) when absent; ValueError naming the method or scheme otherwise."""
     if not config:
-        return None
+        return None, None
     method = config.get("quant_method", "unknown") if isinstance(config, dict) else "unknown"
     hint = ("fp8 checkpoints (quant_method " + ", ".join(map(repr, FP8_CHECKPOINT_METHODS)) + ") load, and a "
             "bf16 checkpoint runs in fp8 with quantization='fp8'")
     if method not in FP8_CHECKPOINT_METHODS:
         raise ValueError(f"the checkpoint's quantization_config quant_method {method!r} is not supported: {hint}")
-    if config.get("weight_block_size"):
-        raise ValueError(f"block-wise fp8 scales (quantization_config weight_block_size "
-                         f"{config['weight_block_size']}) are not supported: only per-tensor or per-channel scales")
+    block = config.get("weight_block_size")
+    if block is not None:
+        if not (isinstance(block, (list, tuple)) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block)):
+            raise ValueError(f"quantization_config weight_block_size must be two positive ints, got {block!r}")
+        return "fp8", (block[0], block[1])
     for name, group in (config.get("config_groups") or {}).items():
         weights = group.get("weights") or {}
         scheme = (weights.get("type"), weights.get("num_bits"), weights.get("strategy"))
         if scheme[:2] != ("float", 8) or scheme[2] not in ("tensor", "channel"):
             raise ValueError(f"quantization_config config_groups.{name}.weights (type, num_bits, strategy) = "
                              f"{scheme} is not supported: only ('float', 8, 'tensor' or 'channel')")
-    return "fp8"
+    return "fp8", None
 
 
 def _architecture(raw: dict) -> str:

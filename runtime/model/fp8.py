@@ -109,6 +109,18 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     return torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale, out_dtype=x.dtype)
 
 
+def dequantize_blocks(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """An e4m3 weight [N, K] stored with one scale per block[0] x block[1] tile (scale
+    [ceil(N / block[0]), ceil(K / block[1])], edge tiles partial) → the float32 weight."""
+    rows, cols = weight.shape
+    expected = (-(-rows // block[0]), -(-cols // block[1]))
+    if tuple(scale.shape) != expected:
+        raise ValueError(f"block scales of shape {tuple(scale.shape)} for a weight of shape {(rows, cols)} in "
+                         f"{block[0]}x{block[1]} blocks: expected {expected}")
+    tiles = scale.float().repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)[:, :cols]
+    return weight.float() * tiles
+
+
 def make_fp8(linear: torch.nn.Module) -> None:
     """Give a Linear an (uninitialised) e4m3 weight and [1, N] float32 scales, for a checkpoint that
     stores them: the loader then fills both."""

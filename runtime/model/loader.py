@@ -9,8 +9,9 @@ read; a tensor with no home or a parameter with no tensor is an error naming the
 
 fp8 checkpoints (config.json's quantization_config, see config.py): every Linear whose checkpoint
 weight is e4m3 becomes an fp8 layer (fp8.py) before the names are matched, and its `weight_scale`
-is read too, one value per tensor (spread over the tensor's rows) or one per output channel.
-Static activation scales (`input_scale`) are not used: inputs are always scaled per token.
+is read too, one value per tensor (spread over the tensor's rows) or one per output channel. With
+block scales (`weight_block_size`) the weights are dequantised to the model dtype instead, as they
+are read. Static activation scales (`input_scale`) are not used: inputs are always scaled per token.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _HARMLESS_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_em
 # ... and in fp8 checkpoints, static scales for activations and the KV cache, which we do not use.
 _UNUSED_FP8_SCALES = ("input_scale", "k_scale", "v_scale")
 _SAFETENSORS_FP8 = "F8_E4M3"
+_BLOCK_SCALE = "weight_scale_inv"  # block-scaled fp8 checkpoints' name for the scales (they multiply)
 
 
 def load_model(
@@ -71,7 +73,7 @@ def load_model(
         if load_format == "dummy":
             fill_dummy_weights(model, seed)
         else:
-            load_safetensors(model, model_path, config.weight_quantization)
+            load_safetensors(model, model_path, config.weight_quantization, config.weight_block_size)
     return model.eval(), config
 
 
@@ -144,9 +146,11 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def load_safetensors(model: nn.Module, model_path: str, weight_quantization: Optional[str] = None) -> None:
+def load_safetensors(model: nn.Module, model_path: str, weight_quantization: Optional[str] = None,
+                     weight_block_size: Optional[tuple[int, int]] = None) -> None:
     """Fill every parameter from the checkpoint; ValueError (before reading any data) if names differ.
-    weight_quantization "fp8" (the config's): the layers stored in e4m3 become fp8 layers first."""
+    weight_quantization "fp8" (the config's): the layers stored in e4m3 become fp8 layers first, or,
+    with a weight_block_size, their weights are dequantised to the model dtype as they are read."""
     from safetensors import safe_open
 
     files = checkpoint_files(model_path)
@@ -158,13 +162,17 @@ def load_safetensors(model: nn.Module, model_path: str, weight_quantization: Opt
     if fp8_names and weight_quantization != "fp8":
         raise ValueError(f"checkpoint tensor {min(fp8_names)} is fp8 (e4m3), but config.json has no fp8 "
                          "quantization_config to say how to scale it")
-    harmless = _HARMLESS_SUFFIXES
+    harmless, block_scales = _HARMLESS_SUFFIXES, None
     if weight_quantization == "fp8":
         if not fp8_names:
             logger.warning("config.json's quantization_config is fp8 but no checkpoint tensor is: loading the "
                            "weights as stored (quantization='fp8' rounds them after loading)")
-        _make_fp8_layers(model, fp8_names)
         harmless = _HARMLESS_SUFFIXES + _UNUSED_FP8_SCALES
+        if weight_block_size is None:
+            _make_fp8_layers(model, fp8_names)
+        else:
+            block_scales = _read_block_scales(files, fp8_names)
+            harmless += (_BLOCK_SCALE,)
         if any(n.endswith("input_scale") for names in names_by_file.values() for n in names):
             logger.info("the checkpoint's static input scales are not used: inputs are scaled per token")
     targets = checkpoint_targets(model)
@@ -173,8 +181,33 @@ def load_safetensors(model: nn.Module, model_path: str, weight_quantization: Opt
     for path, names in names_by_file.items():
         with safe_open(path, framework="pt", device="cpu") as f:
             for name in names:
-                if name in targets:
-                    _copy_tensor(name, f.get_tensor(name), *targets[name])
+                if name not in targets:
+                    continue
+                tensor = f.get_tensor(name)
+                if block_scales is not None and name in fp8_names:
+                    from runtime.model.fp8 import dequantize_blocks
+
+                    try:
+                        tensor = dequantize_blocks(tensor, block_scales[name], weight_block_size)
+                    except ValueError as error:
+                        raise ValueError(f"checkpoint tensor {name}: {error}") from None
+                _copy_tensor(name, tensor, *targets[name])
+
+
+def _read_block_scales(files: list[str], fp8_names: set[str]) -> dict[str, torch.Tensor]:
+    """Each e4m3 weight's block scales (`<layer>.weight_scale_inv`, small), wherever they are stored."""
+    from safetensors import safe_open
+
+    scales = {}
+    for path in files:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            for name in f.keys():
+                if name.endswith(_BLOCK_SCALE):
+                    scales[name[: -len(_BLOCK_SCALE)] + "weight"] = f.get_tensor(name)
+    missing = sorted(fp8_names - set(scales))
+    if missing:
+        raise ValueError(f"{len(missing)} fp8 weight(s) have no {_BLOCK_SCALE} in the checkpoint: {_first_few(missing)}")
+    return scales
 
 
 def _make_fp8_layers(model: nn.Module, fp8_names: set[str]) -> None:

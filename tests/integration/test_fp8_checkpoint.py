@@ -24,11 +24,35 @@ CHANNEL_CONFIG = {"quant_method": "compressed-tensors", "format": "float-quantiz
 TENSOR_CONFIG = {"quant_method": "fp8", "activation_scheme": "static"}
 
 
+def block_quantize(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight [N, K] → (e4m3, scales [ceil(N/b0), ceil(K/b1)]), one scale per tile, tile by tile."""
+    from runtime.model.fp8 import FP8_MAX
+
+    rows, cols = weight.shape
+    scales = torch.empty(-(-rows // block[0]), -(-cols // block[1]))
+    quantized = torch.empty(rows, cols, dtype=FP8)
+    for i in range(scales.shape[0]):
+        for j in range(scales.shape[1]):
+            tile = weight[i * block[0]:(i + 1) * block[0], j * block[1]:(j + 1) * block[1]].float()
+            scales[i, j] = tile.abs().amax() / FP8_MAX
+            quantized[i * block[0]:(i + 1) * block[0], j * block[1]:(j + 1) * block[1]] = (tile / scales[i, j]).to(FP8)
+    return quantized, scales
+
+
+def block_dequantize(quantized: torch.Tensor, scales: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    out = quantized.float()
+    for i in range(scales.shape[0]):
+        for j in range(scales.shape[1]):
+            out[i * block[0]:(i + 1) * block[0], j * block[1]:(j + 1) * block[1]] *= scales[i, j]
+    return out
+
+
 def save_fp8_checkpoint(src: str, dst: str, *, per_tensor: bool, quantization_config, projections=PROJECTIONS,
-                        drop_scale_of: str | None = None) -> str:
+                        drop_scale_of: str | None = None, block: tuple[int, int] | None = None) -> str:
     """A copy of the checkpoint at src whose `projections` are stored in e4m3 with their scales: per
-    channel ([N, 1], from fp8.quantize_weight) or per tensor (a scalar, with a static input scale
-    beside it, as AutoFP8 saves them). Every other tensor is stored in bfloat16."""
+    channel ([N, 1], from fp8.quantize_weight), per tensor (a scalar, with a static input scale
+    beside it, as AutoFP8 saves them) or per `block` (`weight_scale_inv`, as Qwen3-FP8 is saved).
+    Every other tensor is stored in bfloat16."""
     from safetensors.torch import load_file, save_file
 
     from runtime.model.fp8 import FP8_MAX, quantize_weight
@@ -45,7 +69,9 @@ def save_fp8_checkpoint(src: str, dst: str, *, per_tensor: bool, quantization_co
         if leaf != "weight" or prefix.rpartition(".")[2] not in projections:
             stored[name] = tensor
             continue
-        if per_tensor:
+        if block:
+            stored[name], stored[f"{prefix}.weight_scale_inv"] = block_quantize(tensor, block)
+        elif per_tensor:
             scale = tensor.float().abs().amax() / FP8_MAX
             stored[name] = (tensor.float() / scale).to(FP8)
             stored[f"{prefix}.weight_scale"] = scale.reshape(())
@@ -153,3 +179,54 @@ def test_an_fp8_checkpoint_needs_bfloat16(bf16_model, tmp_path):
     path = save_fp8_checkpoint(bf16_model, str(tmp_path / "fp8"), per_tensor=False, quantization_config=CHANNEL_CONFIG)
     with pytest.raises(ValueError, match=r"an fp8 checkpoint \(its quantization_config\) needs dtype bfloat16"):
         Engine(model_path=path, dtype="float32")
+
+
+BLOCK = (48, 48)  # divides none of the tiny model's sizes (128, 256): partial edge tiles everywhere
+BLOCK_CONFIG = {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": list(BLOCK)}
+
+
+def test_block_scaled_checkpoint_is_dequantised_to_bf16_exactly(bf16_model, tmp_path):
+    from safetensors.torch import load_file
+
+    path = save_fp8_checkpoint(bf16_model, str(tmp_path / "fp8"), per_tensor=False, quantization_config=BLOCK_CONFIG,
+                               block=BLOCK)
+    stored = load_file(os.path.join(path, "model.safetensors"))
+    with checked_engine(model_path=path, dtype="bfloat16") as engine:
+        layer = engine.runner.model.model.layers[0]
+        assert layer.mlp.down_proj.weight.dtype == torch.bfloat16 and layer.mlp.down_proj.weight_scale is None
+        start = 0
+        for shard in ("q_proj", "k_proj", "v_proj"):
+            prefix = f"model.layers.0.self_attn.{shard}"
+            expected = block_dequantize(stored[f"{prefix}.weight"], stored[f"{prefix}.weight_scale_inv"], BLOCK)
+            rows = expected.shape[0]
+            assert torch.equal(layer.self_attn.qkv_proj.weight[start:start + rows], expected.to(torch.bfloat16)), shard
+            start += rows
+        prefix = "model.layers.0.mlp.down_proj"
+        expected = block_dequantize(stored[f"{prefix}.weight"], stored[f"{prefix}.weight_scale_inv"], BLOCK)
+        assert torch.equal(layer.mlp.down_proj.weight, expected.to(torch.bfloat16))
+        assert all(len(ids) == GREEDY["max_new_tokens"] for ids, _ in _serve(engine))
+    # and rounded again, to per-channel fp8, on request
+    with checked_engine(model_path=path, dtype="bfloat16", quantization="fp8") as engine:
+        assert engine.runner.model.model.layers[0].mlp.down_proj.weight.dtype == FP8
+        assert all(torch.isfinite(torch.tensor(lps)).all() for _, lps in _serve(engine))
+
+
+def test_block_scales_missing_or_misshapen_are_named(bf16_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from runtime import Engine
+
+    missing = "model.layers.1.mlp.up_proj.weight_scale_inv"
+    path = save_fp8_checkpoint(bf16_model, str(tmp_path / "a"), per_tensor=False, quantization_config=BLOCK_CONFIG,
+                               block=BLOCK, drop_scale_of=missing)
+    with pytest.raises(ValueError, match="fp8 weight.* have no weight_scale_inv in the checkpoint: "
+                                         "model.layers.1.mlp.up_proj.weight"):
+        Engine(model_path=path, dtype="bfloat16")
+    path = save_fp8_checkpoint(bf16_model, str(tmp_path / "b"), per_tensor=False, quantization_config=BLOCK_CONFIG,
+                               block=BLOCK)
+    tensors = load_file(os.path.join(path, "model.safetensors"))
+    tensors["model.layers.1.mlp.up_proj.weight_scale_inv"] = torch.ones(2, 2)
+    save_file(tensors, os.path.join(path, "model.safetensors"))
+    with pytest.raises(ValueError, match=r"model.layers.1.mlp.up_proj.weight: block scales of shape \(2, 2\) for a weight of shape \(256, 128\) in "
+                                         r"48x48 blocks: expected \(6, 3\)"):
+        Engine(model_path=path, dtype="bfloat16")

@@ -166,14 +166,20 @@ FP8_GROUP = {"weights": {"type": "float", "num_bits": 8, "strategy": "channel"},
 ])
 def test_fp8_checkpoints_are_recognised(quantization_config):
     config = ModelConfig.from_dict(small("LlamaForCausalLM", quantization_config=quantization_config))
-    assert config.weight_quantization == "fp8"
+    assert config.weight_quantization == "fp8" and config.weight_block_size is None
     assert ModelConfig.from_dict(small("LlamaForCausalLM")).weight_quantization is None
+
+
+def test_block_scaled_fp8_checkpoints_keep_their_block_size():
+    qwen3_fp8 = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3", "weight_block_size": [128, 128]}
+    config = ModelConfig.from_dict(small("Qwen3ForCausalLM", quantization_config=qwen3_fp8))
+    assert (config.weight_quantization, config.weight_block_size) == ("fp8", (128, 128))
 
 
 @pytest.mark.parametrize("quantization_config, message", [
     ({"quant_method": "awq", "bits": 4}, "quant_method 'awq' is not supported.*quantization='fp8'"),
     ({"quant_method": "gptq"}, "quant_method 'gptq' is not supported"),
-    ({"quant_method": "fp8", "weight_block_size": [128, 128]}, r"block-wise fp8 scales .*weight_block_size \[128, 128\]"),
+    ({"quant_method": "fp8", "weight_block_size": [128]}, r"weight_block_size must be two positive ints, got \[128\]"),
     ({"quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {"type": "int", "num_bits": 4}}}},
      r"config_groups.group_0.weights .* \('int', 4, None\) is not supported"),
     ({"quant_method": "compressed-tensors",
