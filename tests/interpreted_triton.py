@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
@@ -10,17 +9,17 @@ import torch
 
 
 def use_interpreter_for(*module_names: str) -> bool:
-    """Without CUDA: set TRITON_INTERPRET (read when a kernel is decorated) and re-import those of
-    `module_names` that an earlier import built for the compiler, all of them together (a module
-    holds functions imported from the others). Only then: a test module imported twice (pytest's
-    own name and `tests.kernels....`) must not leave two versions of a class behind, one of them
-    registered. Returns whether the interpreter is in use."""
+    """Without CUDA: set TRITON_INTERPRET, which Triton reads when a kernel is decorated, so it must
+    be set before triton and `module_names` are first imported. A module imported earlier for the
+    compiler cannot be fixed by a reload (triton's own library would be compiled-only too): that is
+    an error naming the module. Returns whether the interpreter is in use."""
     if torch.cuda.is_available():
         return False
     os.environ["TRITON_INTERPRET"] = "1"
-    loaded = [sys.modules[name] for name in module_names if name in sys.modules]
-    # by name: the check must not import triton itself (test modules importorskip it afterwards)
-    if any(type(value).__name__ == "JITFunction" for module in loaded for value in vars(module).values()):
-        for module in loaded:
-            importlib.reload(module)
+    for name in module_names:
+        module = sys.modules.get(name)
+        # by type name: the check must not import triton itself (test modules importorskip it afterwards)
+        if module is not None and any(type(v).__name__ == "JITFunction" for v in vars(module).values()):
+            raise RuntimeError(f"{name} was imported before TRITON_INTERPRET was set, so its kernels cannot run on "
+                               "the CPU: import it in tests only after use_interpreter_for()")
     return True

@@ -51,6 +51,10 @@ class BaseAttentionBackend(ABC):
     ) -> torch.Tensor:
         """Store k/v at batch.out_cache_loc, then attend over the request's whole KV (T == B)."""
 
+    def warm_up(self, layer: AttentionLayer, q_dtype: torch.dtype, kv_dtype: torch.dtype, device: torch.device) -> None:
+        """Compile, at start-up, the kernel variants a later step may pick (a launch shape chosen per
+        step, say), so that no request waits for a compile. Default: nothing to compile."""
+
     # ------------------------------------------------------------------ CUDA graphs (decode only)
     supports_cuda_graph: bool = False
 

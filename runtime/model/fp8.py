@@ -16,8 +16,9 @@ Per-row and per-channel scales keep one outlier token or channel from flattening
 precision, which a single scale per tensor would. The scales are amax / 448 (e4m3's largest value).
 This is lossy: benchmarks/RESULTS.md reports the logprob error next to bf16's.
 
-The LM head stays in the model dtype: its logits feed sampling directly, and it is a small share of
-the compute. Embeddings and norms are not matmuls and stay too.
+quantization="fp8" keeps the LM head in the model dtype: its logits feed sampling directly, and it is
+a small share of the compute. Embeddings and norms are not matmuls and stay too. A checkpoint that
+stores its LM head in fp8 is served as stored.
 """
 
 from __future__ import annotations

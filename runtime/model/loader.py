@@ -12,6 +12,8 @@ weight is e4m3 becomes an fp8 layer (fp8.py) before the names are matched, and i
 is read too, one value per tensor (spread over the tensor's rows) or one per output channel. With
 block scales (`weight_block_size`) the weights are dequantised to the model dtype instead, as they
 are read. Static activation scales (`input_scale`) are not used: inputs are always scaled per token.
+NOTE: the model is built in its dtype before the fp8 layers replace their weights, so loading peaks
+at the unquantised model's size (an 8B model: 16 GB) before it settles at the fp8 size.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ _HARMLESS_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_em
 # ... and in fp8 checkpoints, static scales for activations and the KV cache, which we do not use.
 _UNUSED_FP8_SCALES = ("input_scale", "k_scale", "v_scale")
 _SAFETENSORS_FP8 = "F8_E4M3"
+_FP8 = torch.float8_e4m3fn
 _BLOCK_SCALE = "weight_scale_inv"  # block-scaled fp8 checkpoints' name for the scales (they multiply)
 
 
@@ -176,6 +179,11 @@ def load_safetensors(model: nn.Module, model_path: str, weight_quantization: Opt
         if any(n.endswith("input_scale") for names in names_by_file.values() for n in names):
             logger.info("the checkpoint's static input scales are not used: inputs are scaled per token")
     targets = checkpoint_targets(model)
+    if block_scales is None:  # without block scales, only an fp8 layer's weight has a scale to be read with
+        unscaled = sorted(n for n in fp8_names if n in targets and targets[n][0].dtype != _FP8)
+        if unscaled:
+            raise ValueError(f"checkpoint tensor(s) stored in fp8 but not the weight of a linear layer, so without a "
+                             f"scale: {_first_few(unscaled)}")
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
     _check_names(model_path, targets, [n for names in names_by_file.values() for n in names], tied, harmless)
     for path, names in names_by_file.items():
@@ -222,6 +230,9 @@ def _make_fp8_layers(model: nn.Module, fp8_names: set[str]) -> None:
         stored = [_join(_join(parent, shard), "weight") for shard in shards]
         in_fp8 = [name in fp8_names for name in stored]
         if all(in_fp8):
+            if module.output_size % 16 or module.input_size % 16:  # what torch._scaled_mm takes
+                raise ValueError(f"checkpoint tensor(s) {', '.join(stored)} are fp8, but fp8 matmuls need sizes "
+                                 f"that are multiples of 16, not {module.output_size} x {module.input_size}")
             make_fp8(module)
         elif any(in_fp8):
             raise ValueError(f"checkpoint tensors {', '.join(stored)} run as one matmul but are not all fp8 "

@@ -48,7 +48,8 @@ def block_dequantize(quantized: torch.Tensor, scales: torch.Tensor, block: tuple
 
 
 def save_fp8_checkpoint(src: str, dst: str, *, per_tensor: bool, quantization_config, projections=PROJECTIONS,
-                        drop_scale_of: str | None = None, block: tuple[int, int] | None = None) -> str:
+                        drop_scale_of: str | None = None, block: tuple[int, int] | None = None,
+                        cast_to_fp8: tuple[str, ...] = ()) -> str:
     """A copy of the checkpoint at src whose `projections` are stored in e4m3 with their scales: per
     channel ([N, 1], from fp8.quantize_weight), per tensor (a scalar, with a static input scale
     beside it, as AutoFP8 saves them) or per `block` (`weight_scale_inv`, as Qwen3-FP8 is saved).
@@ -81,6 +82,8 @@ def save_fp8_checkpoint(src: str, dst: str, *, per_tensor: bool, quantization_co
             stored[f"{prefix}.weight_scale"] = scale.reshape(-1, 1)
     if drop_scale_of:
         del stored[drop_scale_of]
+    for name in cast_to_fp8:  # stored in e4m3 with no scale at all
+        stored[name] = stored[name].to(FP8)
     save_file(stored, os.path.join(dst, "model.safetensors"))
     with open(os.path.join(dst, "config.json")) as f:
         config = json.load(f)
@@ -102,8 +105,12 @@ def _serve(engine):
     return [(o["output_ids"], [lp for lp, _, _ in o["meta_info"]["output_token_logprobs"]]) for o in outs]
 
 
-def test_per_channel_checkpoint_serves_exactly_what_quantising_the_original_does(bf16_model, tmp_path):
-    path = save_fp8_checkpoint(bf16_model, str(tmp_path / "fp8"), per_tensor=False, quantization_config=CHANNEL_CONFIG)
+@pytest.mark.parametrize("quantization_config", [CHANNEL_CONFIG, {"quant_method": "fbgemm_fp8"}],
+                         ids=["compressed-tensors", "fbgemm_fp8"])
+def test_per_channel_checkpoint_serves_exactly_what_quantising_the_original_does(bf16_model, tmp_path,
+                                                                                  quantization_config):
+    path = save_fp8_checkpoint(bf16_model, str(tmp_path / "fp8"), per_tensor=False,
+                               quantization_config=quantization_config)
     with checked_engine(model_path=path, dtype="bfloat16") as engine:
         loaded = {name: (m.weight.clone(), m.weight_scale.clone()) for name, m in engine.runner.model.named_modules()
                   if getattr(m, "weight_scale", None) is not None}
@@ -229,4 +236,23 @@ def test_block_scales_missing_or_misshapen_are_named(bf16_model, tmp_path):
     save_file(tensors, os.path.join(path, "model.safetensors"))
     with pytest.raises(ValueError, match=r"model.layers.1.mlp.up_proj.weight: block scales of shape \(2, 2\) for a weight of shape \(256, 128\) in "
                                          r"48x48 blocks: expected \(6, 3\)"):
+        Engine(model_path=path, dtype="bfloat16")
+
+
+def test_an_lm_head_stored_in_fp8_is_served_in_fp8(bf16_model, tmp_path):
+    path = save_fp8_checkpoint(bf16_model, str(tmp_path / "fp8"), per_tensor=False, quantization_config=CHANNEL_CONFIG,
+                               projections=PROJECTIONS + ("lm_head",))
+    with checked_engine(model_path=path, dtype="bfloat16") as engine:
+        lm_head = engine.runner.model.lm_head
+        assert lm_head.weight.dtype == FP8 and lm_head.weight_scale.shape == (1, lm_head.output_size)
+        assert all(torch.isfinite(torch.tensor(lps)).all() for _, lps in _serve(engine))
+
+
+def test_an_fp8_tensor_with_no_scale_is_refused(bf16_model, tmp_path):
+    from runtime import Engine
+
+    path = save_fp8_checkpoint(bf16_model, str(tmp_path / "fp8"), per_tensor=False, quantization_config=CHANNEL_CONFIG,
+                               cast_to_fp8=("model.embed_tokens.weight",))
+    with pytest.raises(ValueError, match="stored in fp8 but not the weight of a linear layer, so without a scale: "
+                                         "model.embed_tokens.weight"):
         Engine(model_path=path, dtype="bfloat16")

@@ -14,7 +14,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tests.interpreted_triton import use_interpreter_for  # noqa: E402
 
-use_interpreter_for(*(f"runtime.attention.triton.{name}" for name in ("kv_store", "decode", "extend", "backend")))
+use_interpreter_for(*(f"runtime.attention.triton.{name}" for name in ("tile", "kv_store", "decode", "extend", "backend")))
 
 from dataclasses import replace  # noqa: E402
 

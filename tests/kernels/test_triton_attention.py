@@ -10,7 +10,7 @@ import torch
 from tests.interpreted_triton import use_interpreter_for
 
 # NOTE: before triton and our kernel modules are first imported (the interpreter is chosen at decoration)
-use_interpreter_for(*(f"runtime.attention.triton.{name}" for name in ("kv_store", "decode", "extend", "backend")))
+use_interpreter_for(*(f"runtime.attention.triton.{name}" for name in ("tile", "kv_store", "decode", "extend", "backend")))
 HAS_CUDA = torch.cuda.is_available()
 pytest.importorskip("triton")
 
@@ -275,3 +275,37 @@ def test_extend_at_model_shapes(dtype):
     batch, gen = make_batch([0, 1000, 64, 2047], [700, 300, 1, 129], 8, 128, dtype)
     actual, expected, _, _ = run_both(batch, gen, 32, TritonAttention(), dtype)
     assert_close(actual, expected, dtype)
+
+
+@pytest.mark.parametrize("block_m,block_n", [(16, 16), (32, 16), (16, 32), (128, 64)])
+def test_extend_at_the_edge_of_the_unmasked_tiles(block_m, block_n):
+    """Prefixes around multiples of BLOCK_N put the last key every row of a block sees (prefix +
+    block * BLOCK_M) just before, at and after a tile edge: the tiles run without masks end there."""
+    prefixes = [block_n - 2, block_n - 1, 2 * block_n - 2, block_n, 0, 2, 31]
+    extends = [3, block_m + 1, 2 * block_m + 1, 1, 5, 40, block_m]
+    batch, gen = make_batch(prefixes, extends, 2, 16, torch.float32)
+    backend = TritonAttention(extend_config=ExtendConfig(block_m=block_m, block_n=block_n))
+    actual, expected, _, _ = run_both(batch, gen, 4, backend, torch.float32)
+    assert_close(actual, expected, torch.float32)
+
+
+def test_steps_with_a_long_extend_take_the_long_launch_shape():
+    from runtime.attention.triton.extend import LONG_EXTEND_CONFIG, LONG_EXTEND_LEN, choose_extend_config
+
+    assert choose_extend_config(LONG_EXTEND_LEN - 1) == ExtendConfig()
+    assert choose_extend_config(LONG_EXTEND_LEN) == LONG_EXTEND_CONFIG != ExtendConfig()
+
+
+def test_warm_up_runs_the_extend_kernel_in_every_launch_shape_a_step_may_choose(monkeypatch):
+    from runtime.attention.triton import backend as backend_module
+    from runtime.attention.triton.extend import LONG_EXTEND_CONFIG
+
+    seen, run = [], backend_module.extend_attention
+    monkeypatch.setattr(backend_module, "extend_attention",
+                        lambda *args, config, **kwargs: seen.append(config) or run(*args, config=config, **kwargs))
+    layer = AttentionLayer(layer_id=0, num_heads=4, num_kv_heads=2, head_dim=16, scaling=0.25)
+    TritonAttention().warm_up(layer, torch.float32, torch.float32, DEVICE)
+    assert seen == [ExtendConfig(), LONG_EXTEND_CONFIG]
+    seen.clear()
+    TritonAttention(extend_config=SMALL_EXTEND).warm_up(layer, torch.float32, torch.float32, DEVICE)
+    assert seen == [SMALL_EXTEND]

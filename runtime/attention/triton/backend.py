@@ -8,7 +8,7 @@ import torch
 
 from runtime.attention.base import AttentionLayer, BaseAttentionBackend, register_attention_backend
 from runtime.attention.triton.decode import DecodeConfig, choose_num_splits, decode_attention_table
-from runtime.attention.triton.extend import ExtendConfig, choose_extend_config, extend_attention
+from runtime.attention.triton.extend import LONG_EXTEND_CONFIG, ExtendConfig, choose_extend_config, extend_attention
 from runtime.attention.triton.kv_store import store_kv
 from runtime.forward_batch import ForwardBatch
 from runtime.triton_interpreter import can_launch_on
@@ -96,6 +96,18 @@ class TritonAttention(BaseAttentionBackend):
         max_extend_len = int(batch.extend_seq_lens_cpu.max()) if batch.batch_size else 0
         self.metadata = TritonMetadata(qo_indptr, kv_indptr, kv_indices, max_seq_len, max_extend_len)
         self._step_splits = None
+
+    def warm_up(self, layer: AttentionLayer, q_dtype: torch.dtype, kv_dtype: torch.dtype, device: torch.device) -> None:
+        # The extend kernel in each launch shape a step can choose: otherwise the first long prompt
+        # waits ~0.3 s for a compile. One token on scratch tensors whose dtypes, strides (multiples of
+        # 16) and alignment give the same specialisation as a real step's. Decode compiles when the
+        # CUDA graphs are captured.
+        q = torch.zeros(1, layer.num_heads, layer.head_dim, dtype=q_dtype, device=device)
+        kv = torch.zeros(2, layer.num_kv_heads, layer.head_dim, dtype=kv_dtype, device=device)
+        indptr = torch.tensor([0, 1], dtype=torch.int32, device=device)
+        slots = torch.ones(1, dtype=torch.int32, device=device)
+        for config in [self.extend_config] if self.extend_config else [ExtendConfig(), LONG_EXTEND_CONFIG]:
+            extend_attention(q, kv, kv, indptr, indptr, slots, layer.scaling, 1, config=config)
 
     # ------------------------------------------------------------------ CUDA graphs
     supports_cuda_graph = True

@@ -20,6 +20,7 @@ def attend_tile(
     """Keys start .. start + BLOCK_N, their slots at slots_ptr[key]. BOUNDED masks keys >= hi; CAUSAL
     hides key n from row r when n > last_visible[r]. A tile that needs neither (every key below hi
     and visible to every row) skips both."""
+    tl.static_assert(BOUNDED or not CAUSAL, "the causal mask is built on the bounds mask")
     n = start + offs_n
     if BOUNDED:
         mask_n = n < hi
