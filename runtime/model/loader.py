@@ -1,7 +1,7 @@
 """`load_model`: a local HF checkpoint directory → our model, on its device, in its dtype.
 
-The model is built directly on the target device in the target dtype with uninitialised parameters,
-then every parameter is filled: from *.safetensors, streamed tensor by tensor, or with seeded random
+The model is built on the meta device (no memory), its storage then allocated once on the target
+device in the target dtype, and every parameter filled: from *.safetensors, streamed tensor by tensor, or with seeded random
 values (`load_format="dummy"`, for benchmarks at real shapes without real weights).
 
 Loading is strict: the checkpoint's tensor names are checked against the model's before any data is
@@ -12,8 +12,8 @@ weight is e4m3 becomes an fp8 layer (fp8.py) before the names are matched, and i
 is read too, one value per tensor (spread over the tensor's rows) or one per output channel. With
 block scales (`weight_block_size`) the weights are dequantised to the model dtype instead, as they
 are read. Static activation scales (`input_scale`) are not used: inputs are always scaled per token.
-NOTE: the model is built in its dtype before the fp8 layers replace their weights, so loading peaks
-at the unquantised model's size (an 8B model: 16 GB) before it settles at the fp8 size.
+Those layers are made fp8 while the model is still on the meta device, so loading never holds more
+than the fp8 model's memory.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from runtime.attention.base import BaseAttentionBackend, create_attention_backen
 from runtime.model.config import ModelConfig
 from runtime.model.layers import Linear, MergedLinear, RMSNorm
 from runtime.model.registry import get_model_class
+from runtime.model.rotary import RotaryEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +70,15 @@ def load_model(
         attn_backend = create_attention_backend(attn_backend)
     model_cls = get_model_class(config.architecture)
     device = torch.device(device)
-    with _default_dtype(torch_dtype), device:
+    with _default_dtype(torch_dtype), torch.device("meta"):
         model = model_cls(config, attn_backend)
     model.requires_grad_(False)
+    if load_format != "dummy" and config.weight_quantization == "fp8" and config.weight_block_size is None:
+        _make_fp8_layers(model, _fp8_tensor_names(checkpoint_files(model_path)))
+    model.to_empty(device=device)  # uninitialised; tied parameters stay one tensor
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding):  # derived at construction: built again for real
+            module.cos_sin_cache = module.build_cache(device)
     with torch.no_grad():
         if load_format == "dummy":
             fill_dummy_weights(model, seed)
@@ -157,11 +164,11 @@ def load_safetensors(model: nn.Module, model_path: str, weight_quantization: Opt
     from safetensors import safe_open
 
     files = checkpoint_files(model_path)
-    names_by_file, fp8_names = {}, set()
+    names_by_file = {}
     for path in files:
         with safe_open(path, framework="pt", device="cpu") as f:
             names_by_file[path] = list(f.keys())
-            fp8_names.update(n for n in names_by_file[path] if f.get_slice(n).get_dtype() == _SAFETENSORS_FP8)
+    fp8_names = _fp8_tensor_names(files)
     if fp8_names and weight_quantization != "fp8":
         raise ValueError(f"checkpoint tensor {min(fp8_names)} is fp8 (e4m3), but config.json has no fp8 "
                          "quantization_config to say how to scale it")
@@ -202,6 +209,17 @@ def load_safetensors(model: nn.Module, model_path: str, weight_quantization: Opt
                 _copy_tensor(name, tensor, *targets[name])
 
 
+def _fp8_tensor_names(files: list[str]) -> set[str]:
+    """The checkpoint tensors stored in e4m3 (from the files' headers: no data is read)."""
+    from safetensors import safe_open
+
+    names = set()
+    for path in files:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            names.update(n for n in f.keys() if f.get_slice(n).get_dtype() == _SAFETENSORS_FP8)
+    return names
+
+
 def _read_block_scales(files: list[str], fp8_names: set[str]) -> dict[str, torch.Tensor]:
     """Each e4m3 weight's block scales (`<layer>.weight_scale_inv`, small), wherever they are stored."""
     from safetensors import safe_open
@@ -219,11 +237,12 @@ def _read_block_scales(files: list[str], fp8_names: set[str]) -> dict[str, torch
 
 
 def _make_fp8_layers(model: nn.Module, fp8_names: set[str]) -> None:
-    """Every Linear whose checkpoint weight (each shard's, for a merged layer) is e4m3 → an fp8 layer."""
+    """Every Linear whose checkpoint weight (each shard's, for a merged layer) is e4m3 → an fp8 layer
+    (those already made fp8, by load_model on the meta device, stay as they are)."""
     from runtime.model.fp8 import make_fp8
 
     for module_name, module in model.named_modules():
-        if not isinstance(module, Linear):
+        if not isinstance(module, Linear) or module.weight_scale is not None:
             continue
         parent = module_name.rpartition(".")[0]
         shards = module.shard_names if isinstance(module, MergedLinear) else [module_name.rpartition(".")[2]]

@@ -69,13 +69,19 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
         self.head_dim = head_dim
         self.max_positions = max_positions
-        inv_freq = rope_inv_freq(head_dim, theta, rope_scaling)
-        positions = torch.arange(max_positions, dtype=torch.float32, device="cpu")
-        freqs = positions[:, None] * inv_freq[None, :]  # [max_positions, D/2]
-        cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1)  # [max_positions, D]
+        self.theta = theta
+        self.rope_scaling = rope_scaling
         # NOTE: non-persistent: derived, never in a checkpoint. Build the model in its final dtype (the
         # loader does): a later model.to(bfloat16) would round this table too.
-        self.register_buffer("cos_sin_cache", cache.to(torch.get_default_device()), persistent=False)
+        self.register_buffer("cos_sin_cache", self.build_cache(torch.get_default_device()), persistent=False)
+
+    def build_cache(self, device: torch.device) -> torch.Tensor:
+        """[max_positions, head_dim] float32 = [cos | sin], computed on the CPU and moved to `device`
+        (the loader rebuilds it after allocating a model built on the meta device)."""
+        inv_freq = rope_inv_freq(self.head_dim, self.theta, self.rope_scaling)
+        positions = torch.arange(self.max_positions, dtype=torch.float32, device="cpu")
+        freqs = positions[:, None] * inv_freq[None, :]  # [max_positions, D/2]
+        return torch.cat((freqs.cos(), freqs.sin()), dim=-1).to(device)
 
     def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [T] → (cos, sin), each [T, D/2] float32. Look up once per forward pass, share
