@@ -1,7 +1,7 @@
-"""On a CUDA machine of compute capability 8.9+ (skipped elsewhere): fp8 weights (quantization="fp8").
-The row quantiser against torch's cast, the vector kernel and torch._scaled_mm at the Llama-3-8B
-shapes against the product of the dequantised operands, and the engine with CUDA graphs against
-itself without them, alone against batched."""
+"""On a CUDA machine of compute capability 8.9+ (skipped elsewhere): fp8 weights (quantization="fp8"
+and fp8 checkpoints). The row quantiser against torch's cast, the vector kernel and torch._scaled_mm
+at the Llama-3-8B shapes against the product of the dequantised operands, the engine with CUDA graphs
+against itself without them, and an fp8 checkpoint against quantising its bf16 original."""
 
 from __future__ import annotations
 
@@ -95,3 +95,21 @@ def test_fp8_engine_graphs_equal_eager(tiny_model_dir):
             assert layer.weight.dtype == torch.float8_e4m3fn
             runs[graphs] = [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)]
     assert runs[True] == runs[False]
+
+
+def test_fp8_checkpoint_serves_on_the_gpu_what_quantising_the_original_does(tiny_model_dir, tmp_path):
+    """A per-channel fp8 checkpoint, loaded straight into fp8 layers on the GPU (built on the meta
+    device, so no bf16 copy), serves the tokens the bf16 original gives with quantization="fp8"."""
+    from tests.integration.engine_helpers import checked_engine
+    from tests.integration.test_fp8_checkpoint import CHANNEL_CONFIG, save_fp8_checkpoint
+
+    path = tiny_model_dir("llama", hidden_size=512, num_layers=4, num_heads=8, num_kv_heads=2, intermediate_size=1536)
+    fp8_path = save_fp8_checkpoint(path, str(tmp_path / "fp8"), per_tensor=False, quantization_config=CHANNEL_CONFIG)
+    prompts = [list(range(10, 200)), [7] * 50]
+    params = {"max_new_tokens": 16, "temperature": 0, "ignore_eos": True}
+    runs = []
+    for model_path, options in ((fp8_path, {}), (path, {"quantization": "fp8"})):
+        with checked_engine(model_path=model_path, dtype="bfloat16", **options) as engine:
+            assert engine.runner.model.model.layers[0].self_attn.qkv_proj.weight.dtype == torch.float8_e4m3fn
+            runs.append([o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)])
+    assert runs[0] == runs[1]
