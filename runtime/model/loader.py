@@ -1,19 +1,19 @@
 """`load_model`: a local HF checkpoint directory → our model, on its device, in its dtype.
 
-The model is built on the meta device (no memory), its storage then allocated once on the target
-device in the target dtype, and every parameter filled: from *.safetensors, streamed tensor by tensor, or with seeded random
-values (`load_format="dummy"`, for benchmarks at real shapes without real weights).
+The model is built on the meta device (no memory), its storage is then allocated once on the target
+device in the target dtype, and every parameter is filled: from *.safetensors, streamed tensor by
+tensor, or with seeded random values (`load_format="dummy"`, for benchmarks at real shapes without
+real weights).
 
 Loading is strict: the checkpoint's tensor names are checked against the model's before any data is
 read; a tensor with no home or a parameter with no tensor is an error naming them.
 
 fp8 checkpoints (config.json's quantization_config, see config.py): every Linear whose checkpoint
-weight is e4m3 becomes an fp8 layer (fp8.py) before the names are matched, and its `weight_scale`
-is read too, one value per tensor (spread over the tensor's rows) or one per output channel. With
-block scales (`weight_block_size`) the weights are dequantised to the model dtype instead, as they
-are read. Static activation scales (`input_scale`) are not used: inputs are always scaled per token.
-Those layers are made fp8 while the model is still on the meta device, so loading never holds more
-than the fp8 model's memory.
+weight is e4m3 becomes an fp8 layer (fp8.py) while the model is still on the meta device, so loading
+never holds more than the fp8 model's memory; its `weight_scale` is read too, one value per tensor
+(spread over the tensor's rows) or one per output channel. With block scales (`weight_block_size`)
+the weights are dequantised to the model dtype instead, as they are read. Static activation scales
+(`input_scale`) are not used: inputs are always scaled per token.
 """
 
 from __future__ import annotations
