@@ -4,9 +4,9 @@
 
 Three batches a server sees: the offline benchmark's prefill step (prompts of 256-1,024 tokens,
 ~8k tokens, no prefix), the second chunk of a 16k prompt (8k cached + 8k new), and shared-prefix
-requests (2,000 cached + 64 new, 64 of them). For each: our Triton kernel in several launch shapes,
-checked against a float32 torch reference first, and FlashInfer's paged prefill on the same pool
-when it is installed. Times are medians over CUDA-event-timed repeats; TFLOP/s counts the causal
+requests (2,000 cached + 64 new, 64 of them). For each: our Triton kernel in several launch shapes
+(one query head per program, or with pack_gqa the whole KV group), checked against a float32 torch
+reference first, and FlashInfer's paged prefill on the same pool when it is installed. Times are medians over CUDA-event-timed repeats; TFLOP/s counts the causal
 work only (4 * head_dim FLOPs per visible query-key pair and head).
 """
 
@@ -28,7 +28,10 @@ from runtime.attention.triton.extend import ExtendConfig, extend_attention  # no
 HEADS, KV_HEADS, DIM = 32, 8, 128
 CONFIGS = [ExtendConfig(64, 64, 4, 2), ExtendConfig(64, 64, 4, 3), ExtendConfig(128, 64, 8, 3),
            ExtendConfig(128, 64, 4, 3), ExtendConfig(128, 128, 8, 3), ExtendConfig(64, 128, 4, 3),
-           ExtendConfig(128, 32, 4, 3)]
+           ExtendConfig(128, 32, 4, 3),
+           # one program per KV group (GQA 4: rows = 4 x block_m)
+           ExtendConfig(16, 64, 4, 2, pack_gqa=True), ExtendConfig(32, 64, 4, 3, pack_gqa=True),
+           ExtendConfig(32, 64, 8, 3, pack_gqa=True), ExtendConfig(16, 128, 4, 3, pack_gqa=True)]
 
 
 def cases() -> dict[str, list[tuple[int, int]]]:
@@ -107,7 +110,7 @@ def main() -> None:
         ref = reference(reqs, q, k_buf, v_buf, kv_indptr, kv_indices, scale)
         row = {"requests": len(reqs), "new_tokens": int(qo_indptr[-1]), "gflop": round(flops / 1e9, 1)}
         for cfg in CONFIGS:
-            label = f"triton_m{cfg.block_m}_n{cfg.block_n}_w{cfg.num_warps}_s{cfg.num_stages}"
+            label = f"triton_m{cfg.block_m}_n{cfg.block_n}_w{cfg.num_warps}_s{cfg.num_stages}" + ("_gqa" * cfg.pack_gqa)
 
             def run(cfg=cfg):
                 return extend_attention(q, k_buf, v_buf, qo_indptr, kv_indptr, kv_indices, scale, max_extend, config=cfg)

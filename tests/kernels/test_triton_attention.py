@@ -30,6 +30,7 @@ LAYER_ID = 1  # not layer 0, so a kernel that ignores layer_id reads the wrong b
 # Small tiles on CPU so that short sequences still cross several KV tiles and query blocks.
 SMALL_DECODE = DecodeConfig(block_n=16)
 SMALL_EXTEND = ExtendConfig(block_m=16, block_n=16)
+PACKED_EXTEND = ExtendConfig(block_m=16, block_n=16, pack_gqa=True)  # rows: 16 tokens x the group
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 gpu = pytest.mark.gpu
 
@@ -216,11 +217,13 @@ def test_decode_in_float16():
 # ---- extend -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(4, 2, 32), (4, 4, 16), (8, 1, 64)])
-def test_extend_matches_reference_with_and_without_cached_prefix(num_heads, num_kv_heads, head_dim):
-    # prefix 0 (fresh prompt), a prefix longer than a tile, and a request crossing query blocks
+@pytest.mark.parametrize("config", [SMALL_EXTEND, PACKED_EXTEND], ids=["head_per_program", "group_per_program"])
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(4, 2, 32), (4, 4, 16), (8, 1, 64), (6, 2, 16)])
+def test_extend_matches_reference_with_and_without_cached_prefix(num_heads, num_kv_heads, head_dim, config):
+    # prefix 0 (fresh prompt), a prefix longer than a tile, and a request crossing query blocks; a
+    # group of 3 heads pads a packed program's rows to 4 per token
     batch, gen = make_batch([0, 21, 3], [19, 5, 37], num_kv_heads, head_dim, torch.float32)
-    backend = TritonAttention(extend_config=SMALL_EXTEND)
+    backend = TritonAttention(extend_config=config)
     actual, expected, ours, reference = run_both(batch, gen, num_heads, backend, torch.float32)
     assert_close(actual, expected, torch.float32)
     assert_same_pool(ours, reference)
@@ -277,14 +280,15 @@ def test_extend_at_model_shapes(dtype):
     assert_close(actual, expected, dtype)
 
 
+@pytest.mark.parametrize("pack_gqa", [False, True])
 @pytest.mark.parametrize("block_m,block_n", [(16, 16), (32, 16), (16, 32), (128, 64)])
-def test_extend_at_the_edge_of_the_unmasked_tiles(block_m, block_n):
+def test_extend_at_the_edge_of_the_unmasked_tiles(block_m, block_n, pack_gqa):
     """Prefixes around multiples of BLOCK_N put the last key every row of a block sees (prefix +
     block * BLOCK_M) just before, at and after a tile edge: the tiles run without masks end there."""
     prefixes = [block_n - 2, block_n - 1, 2 * block_n - 2, block_n, 0, 2, 31]
     extends = [3, block_m + 1, 2 * block_m + 1, 1, 5, 40, block_m]
     batch, gen = make_batch(prefixes, extends, 2, 16, torch.float32)
-    backend = TritonAttention(extend_config=ExtendConfig(block_m=block_m, block_n=block_n))
+    backend = TritonAttention(extend_config=ExtendConfig(block_m=block_m, block_n=block_n, pack_gqa=pack_gqa))
     actual, expected, _, _ = run_both(batch, gen, 4, backend, torch.float32)
     assert_close(actual, expected, torch.float32)
 

@@ -6,7 +6,9 @@ kernel reads it through kv_indptr / kv_indices and applies a causal mask shifted
     keys:    | cached prefix (prefix_len) | new tokens (extend_len) |
     query i (0 <= i < extend_len) sees keys [0, prefix_len + i]
 
-Grid (request, head, block of BLOCK_M new tokens); blocks past a request's extend_len exit at once.
+Grid (request, head, block of BLOCK_M new tokens), or with `pack_gqa` (request, KV head, block): one
+program then takes the whole query-head group, so a K/V tile is loaded once for the group. Blocks
+past a request's extend_len exit at once.
 The KV loop stops at the last key the block's final query can see, and scores use exp2 (log2 units).
 """
 
@@ -30,6 +32,9 @@ class ExtendConfig:
     block_n: int = 64  # KV tokens per tile
     num_warps: int = 4
     num_stages: int = 2
+    # one program takes every query head of a KV group (block_m tokens x group rows), so each K/V
+    # tile is loaded once per group instead of once per head; off by default until measured
+    pack_gqa: bool = False
 
 
 # Measured on an H200 (benchmarks/bench_extend.py: bf16, GQA 32/8, head dim 128): prompts of 256-1,024
@@ -51,9 +56,12 @@ def _extend_kernel(
     stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_buffer_s, stride_buffer_h,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, KV_VIA_F32: tl.constexpr,
+    HEADS_PER_PROGRAM: tl.constexpr, HEAD_STEP: tl.constexpr,
 ):
+    # Rows of a program: BLOCK_M new tokens x HEADS_PER_PROGRAM query heads (1, or the KV group padded
+    # to a power of two), row r = token r // HEADS_PER_PROGRAM, head first_head + r % HEADS_PER_PROGRAM.
     request = tl.program_id(0)
-    head = tl.program_id(1)
+    first_head = tl.program_id(1) * HEAD_STEP  # HEAD_STEP: 1, or GROUP when a program takes a group
     # the last blocks of a request see the most keys: launch them first, so the long programs do not
     # trail at the end of the grid (blocks are the grid's slowest-varying axis)
     block = tl.num_programs(2) - 1 - tl.program_id(2)
@@ -65,22 +73,25 @@ def _extend_kernel(
     seq_len = tl.load(kv_indptr_ptr + request + 1) - kv_start
     prefix_len = seq_len - extend_len
 
-    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)  # index among the request's new tokens
+    rows = tl.arange(0, BLOCK_M * HEADS_PER_PROGRAM)
+    offs_m = block * BLOCK_M + rows // HEADS_PER_PROGRAM  # index among the request's new tokens
+    in_group = rows % HEADS_PER_PROGRAM
+    heads = first_head + in_group
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < extend_len
+    mask_m = (offs_m < extend_len) & (in_group < GROUP)  # padding: past the extend, past the group
     mask_d = offs_d < HEAD_DIM
     tokens = (q_start + offs_m).to(tl.int64)
-    # q: [BLOCK_M, BLOCK_D]
+    # q: [rows, BLOCK_D]
     q = tl.load(
-        q_ptr + tokens[:, None] * stride_q_t + head * stride_q_h + offs_d[None, :],
+        q_ptr + tokens[:, None] * stride_q_t + heads[:, None] * stride_q_h + offs_d[None, :],
         mask=mask_m[:, None] & mask_d[None, :], other=0.0,
     )
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    kv_head_offset = (head // GROUP) * stride_buffer_h
-    last_visible = prefix_len + offs_m  # [BLOCK_M] the last key position each query sees
+    m_i = tl.full([BLOCK_M * HEADS_PER_PROGRAM], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M * HEADS_PER_PROGRAM], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M * HEADS_PER_PROGRAM, BLOCK_D], dtype=tl.float32)
+    kv_head_offset = (first_head // GROUP) * stride_buffer_h
+    last_visible = prefix_len + offs_m  # [rows] the last key position each query sees
     hi = tl.minimum(seq_len, prefix_len + (block + 1) * BLOCK_M)
     # keys [0, prefix_len + block * BLOCK_M] are visible to every query of the block: whole tiles of
     # them need no mask; the tiles from there to hi (the causal band, the sequence end) do
@@ -98,7 +109,7 @@ def _extend_kernel(
 
     out = acc / l_i[:, None]
     tl.store(
-        o_ptr + tokens[:, None] * stride_o_t + head * stride_o_h + offs_d[None, :],
+        o_ptr + tokens[:, None] * stride_o_t + heads[:, None] * stride_o_h + offs_d[None, :],
         out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :],
     )
 
@@ -121,13 +132,16 @@ def extend_attention(
     batch_size = qo_indptr.shape[0] - 1
     if num_tokens == 0 or batch_size == 0 or max_extend_len == 0:
         return out
-    grid = (batch_size, num_heads, triton.cdiv(max_extend_len, config.block_m))
+    group = num_heads // num_kv_heads
+    heads_per_program = triton.next_power_of_2(group) if config.pack_gqa else 1
+    grid = (batch_size, num_kv_heads if config.pack_gqa else num_heads, triton.cdiv(max_extend_len, config.block_m))
     _extend_kernel[grid](
         q, out, k_buffer, v_buffer, qo_indptr, kv_indptr, kv_indices,
         scaling * LOG2_E,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_buffer.stride(0), k_buffer.stride(1),
-        GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         BLOCK_D=triton.next_power_of_2(head_dim), DOT_PRECISION=dot_precision(q.dtype),
-        KV_VIA_F32=k_buffer.dtype != q.dtype, num_warps=config.num_warps, num_stages=config.num_stages,
+        KV_VIA_F32=k_buffer.dtype != q.dtype, HEADS_PER_PROGRAM=heads_per_program,
+        HEAD_STEP=group if config.pack_gqa else 1, num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
