@@ -29,9 +29,9 @@ HEADS, KV_HEADS, DIM = 32, 8, 128
 CONFIGS = [ExtendConfig(64, 64, 4, 2), ExtendConfig(64, 64, 4, 3), ExtendConfig(128, 64, 8, 3),
            ExtendConfig(128, 64, 4, 3), ExtendConfig(128, 128, 8, 3), ExtendConfig(64, 128, 4, 3),
            ExtendConfig(128, 32, 4, 3),
-           # one program per KV group (GQA 4: rows = 4 x block_m)
-           ExtendConfig(16, 64, 4, 2, pack_gqa=True), ExtendConfig(32, 64, 4, 3, pack_gqa=True),
-           ExtendConfig(32, 64, 8, 3, pack_gqa=True), ExtendConfig(16, 128, 4, 3, pack_gqa=True)]
+           # one program per KV group (GQA 4: block_m rows = block_m / 4 tokens x 4 heads)
+           ExtendConfig(64, 64, 4, 2, pack_gqa=True), ExtendConfig(128, 64, 4, 3, pack_gqa=True),
+           ExtendConfig(128, 64, 8, 3, pack_gqa=True), ExtendConfig(64, 128, 4, 3, pack_gqa=True)]
 
 
 def cases() -> dict[str, list[tuple[int, int]]]:

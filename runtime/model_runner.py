@@ -95,8 +95,6 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.model_config)
         if config.quantization == "fp8":
             self._quantize_fp8()
-        elif fp8_checkpoint and self.device.type == "cuda":
-            torch.cuda.empty_cache()  # the placeholders the fp8 layers replaced go back to the KV budget
         self.kv_dtype = resolve_kv_dtype(config.kv_cache_dtype, self.dtype)
         if self.attention_backend_name == "flashinfer" and self.dtype == torch.float32:
             raise ValueError("attention_backend='flashinfer' needs dtype float16 or bfloat16, not float32")

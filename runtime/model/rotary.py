@@ -78,6 +78,8 @@ class RotaryEmbedding(nn.Module):
     def build_cache(self, device: torch.device) -> torch.Tensor:
         """[max_positions, head_dim] float32 = [cos | sin], computed on the CPU and moved to `device`
         (the loader rebuilds it after allocating a model built on the meta device)."""
+        if torch.device(device).type == "meta":  # a model built on the meta device: the loader builds it again
+            return torch.empty(self.max_positions, self.head_dim, device="meta")
         inv_freq = rope_inv_freq(self.head_dim, self.theta, self.rope_scaling)
         positions = torch.arange(self.max_positions, dtype=torch.float32, device="cpu")
         freqs = positions[:, None] * inv_freq[None, :]  # [max_positions, D/2]

@@ -30,7 +30,7 @@ LAYER_ID = 1  # not layer 0, so a kernel that ignores layer_id reads the wrong b
 # Small tiles on CPU so that short sequences still cross several KV tiles and query blocks.
 SMALL_DECODE = DecodeConfig(block_n=16)
 SMALL_EXTEND = ExtendConfig(block_m=16, block_n=16)
-PACKED_EXTEND = ExtendConfig(block_m=16, block_n=16, pack_gqa=True)  # rows: 16 tokens x the group
+PACKED_EXTEND = ExtendConfig(block_m=16, block_n=16, pack_gqa=True)  # 16 rows: 16 / group tokens x the group
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 gpu = pytest.mark.gpu
 

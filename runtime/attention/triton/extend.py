@@ -28,12 +28,12 @@ from runtime.attention.triton.tile import attend_tile
 class ExtendConfig:
     """Launch shape of the extend kernel."""
 
-    block_m: int = 64  # new tokens per program
+    block_m: int = 64  # query rows per program: new tokens (with pack_gqa, tokens x the padded group)
     block_n: int = 64  # KV tokens per tile
     num_warps: int = 4
     num_stages: int = 2
-    # one program takes every query head of a KV group (block_m tokens x group rows), so each K/V
-    # tile is loaded once per group instead of once per head; off by default until measured
+    # one program takes every query head of a KV group, so each K/V tile is loaded once per group
+    # instead of once per head; off by default until measured on a GPU
     pack_gqa: bool = False
 
 
@@ -134,12 +134,14 @@ def extend_attention(
         return out
     group = num_heads // num_kv_heads
     heads_per_program = triton.next_power_of_2(group) if config.pack_gqa else 1
-    grid = (batch_size, num_kv_heads if config.pack_gqa else num_heads, triton.cdiv(max_extend_len, config.block_m))
+    # a program's rows (what sizes its registers and shared memory) stay block_m when packed: fewer tokens
+    tokens_per_program = max(1, config.block_m // heads_per_program)
+    grid = (batch_size, num_kv_heads if config.pack_gqa else num_heads, triton.cdiv(max_extend_len, tokens_per_program))
     _extend_kernel[grid](
         q, out, k_buffer, v_buffer, qo_indptr, kv_indptr, kv_indices,
         scaling * LOG2_E,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_buffer.stride(0), k_buffer.stride(1),
-        GROUP=group, HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_M=tokens_per_program, BLOCK_N=config.block_n,
         BLOCK_D=triton.next_power_of_2(head_dim), DOT_PRECISION=dot_precision(q.dtype),
         KV_VIA_F32=k_buffer.dtype != q.dtype, HEADS_PER_PROGRAM=heads_per_program,
         HEAD_STEP=group if config.pack_gqa else 1, num_warps=config.num_warps, num_stages=config.num_stages,
