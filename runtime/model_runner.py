@@ -78,9 +78,7 @@ class ModelRunner:
         self.attention_backend_name = resolve_attention_backend(config.attention_backend, self.device)
         self.attn_backend = create_attention_backend(self.attention_backend_name, device=self.device)
         checkpoint = ModelConfig.from_pretrained(model_path)
-        # block-scaled fp8 checkpoints are dequantised at load: only per-tensor/channel ones run in fp8
-        fp8_checkpoint = (checkpoint.weight_quantization == "fp8" and checkpoint.weight_block_size is None
-                          and config.load_format != "dummy")
+        fp8_checkpoint = checkpoint.has_fp8_layers and config.load_format != "dummy"
         if config.quantization == "fp8" or fp8_checkpoint:  # refuse before loading gigabytes
             source = "quantization='fp8'" if config.quantization == "fp8" else "an fp8 checkpoint (its quantization_config)"
             _check_fp8(resolve_dtype(config.dtype, checkpoint), self.device, source)

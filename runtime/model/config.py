@@ -84,6 +84,12 @@ class ModelConfig:
     weight_block_size: Optional[tuple[int, int]] = None  # fp8 scales per (rows, columns) block, if so
 
     @property
+    def has_fp8_layers(self) -> bool:
+        """The checkpoint's e4m3 weights are served as fp8 layers (per-tensor or per-channel scales);
+        block-scaled ones are dequantised at load instead."""
+        return self.weight_quantization == "fp8" and self.weight_block_size is None
+
+    @property
     def context_length(self) -> int:
         """Longest sequence served: full attention only, so a sliding window caps the context."""
         if self.sliding_window is not None:

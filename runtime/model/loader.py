@@ -73,7 +73,7 @@ def load_model(
     with _default_dtype(torch_dtype), torch.device("meta"):
         model = model_cls(config, attn_backend)
     model.requires_grad_(False)
-    if load_format != "dummy" and config.weight_quantization == "fp8" and config.weight_block_size is None:
+    if load_format != "dummy" and config.has_fp8_layers:
         _make_fp8_layers(model, _fp8_tensor_names(checkpoint_files(model_path)))
     model.to_empty(device=device)  # uninitialised; tied parameters stay one tensor
     for module in model.modules():

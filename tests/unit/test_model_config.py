@@ -166,7 +166,7 @@ FP8_GROUP = {"weights": {"type": "float", "num_bits": 8, "strategy": "channel"},
 ])
 def test_fp8_checkpoints_are_recognised(quantization_config):
     config = ModelConfig.from_dict(small("LlamaForCausalLM", quantization_config=quantization_config))
-    assert config.weight_quantization == "fp8" and config.weight_block_size is None
+    assert config.weight_quantization == "fp8" and config.weight_block_size is None and config.has_fp8_layers
     assert ModelConfig.from_dict(small("LlamaForCausalLM")).weight_quantization is None
 
 
@@ -174,6 +174,7 @@ def test_block_scaled_fp8_checkpoints_keep_their_block_size():
     qwen3_fp8 = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3", "weight_block_size": [128, 128]}
     config = ModelConfig.from_dict(small("Qwen3ForCausalLM", quantization_config=qwen3_fp8))
     assert (config.weight_quantization, config.weight_block_size) == ("fp8", (128, 128))
+    assert not config.has_fp8_layers  # dequantised at load
 
 
 @pytest.mark.parametrize("quantization_config, message", [
