@@ -44,9 +44,16 @@ def check_supported(device: torch.device) -> None:
                          f"8.9 or later (Ada, Hopper); {name} is {torch.cuda.get_device_capability(device)}")
 
 
+def _scales(amax: torch.Tensor) -> torch.Tensor:
+    """amax / FP8_MAX, correctly rounded on every device. The divisor is a tensor on amax's device
+    because CUDA divides by a Python number as a multiply by its reciprocal (1/448 is inexact): scales
+    then differed by an ulp from the CPU's and the kernels' div_rn, and so did a few rounded weights."""
+    return (amax / torch.full_like(amax, FP8_MAX)).clamp(min=MIN_SCALE)
+
+
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """weight [N, K] → (e4m3 [N, K], float32 scale [1, N]): one scale per output channel."""
-    scale = (weight.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=MIN_SCALE)
+    scale = _scales(weight.abs().amax(dim=1, keepdim=True).float())
     quantized = (weight.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
     return quantized, scale.reshape(1, -1).contiguous()
 
@@ -82,7 +89,7 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if x.stride(-1) != 1:
         x = x.contiguous()
     if not x.is_cuda:
-        scale = (x.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=MIN_SCALE)
+        scale = _scales(x.abs().amax(dim=1, keepdim=True).float())
         return (x.float() * (1.0 / scale)).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
     rows, cols = x.shape
     out = torch.empty((rows, cols), dtype=FP8, device=x.device)

@@ -57,13 +57,11 @@ def test_index_views_at_any_offset_reuse_the_compiled_kernels():
 
 def test_a_warm_engine_compiles_nothing_new_for_other_batch_sizes_and_prompts(tiny_model_dir):
     """Graphs up to batch 4, so larger decode batches run eagerly; the later rounds have other prompt
-    lengths, other batch sizes (odd and even), other finishing steps, and a prompt long enough for the
-    extend kernel's other launch shape (start-up compiled it)."""
-    from runtime.attention.triton.extend import LONG_EXTEND_LEN
+    lengths, other batch sizes (odd and even), other finishing steps, and a 4k prompt."""
     from tests.integration.engine_helpers import checked_engine
 
     path = tiny_model_dir("llama", hidden_size=256, num_layers=2, num_heads=8, num_kv_heads=2, intermediate_size=512,
-                          max_position_embeddings=2 * LONG_EXTEND_LEN)
+                          max_position_embeddings=8192)
     gen = torch.Generator().manual_seed(0)
 
     def round_of(n, base_len):
@@ -74,7 +72,7 @@ def test_a_warm_engine_compiles_nothing_new_for_other_batch_sizes_and_prompts(ti
     with checked_engine(model_path=path, dtype="bfloat16", device="cuda", cuda_graph_max_bs=4) as engine:
         engine.generate(input_ids=round_of(10, 20)[0], sampling_params=round_of(10, 20)[1])
         warm = _variants(*_all_kernels())
-        for n, base in ((9, 33), (13, 5), (7, 61), (1, LONG_EXTEND_LEN + 3)):
+        for n, base in ((9, 33), (13, 5), (7, 61), (1, 4099)):
             prompts, params = round_of(n, base)
             engine.generate(input_ids=prompts, sampling_params=params)
         assert _variants(*_all_kernels()) == warm

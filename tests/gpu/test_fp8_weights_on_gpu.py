@@ -99,9 +99,9 @@ def test_fp8_engine_graphs_equal_eager(tiny_model_dir):
 
 def test_fp8_checkpoint_serves_on_the_gpu_what_quantising_the_original_does(tiny_model_dir, tmp_path, monkeypatch):
     """A per-channel fp8 checkpoint, loaded straight into fp8 layers on the GPU (built on the meta
-    device, so no bf16 copy), serves the tokens the bf16 original gives with quantization="fp8".
-    Both engines take cuBLAS for every decode matmul: start-up timing could otherwise pick different
-    kernels for them (a different summation order, and on a random tiny model other tokens)."""
+    device, so no bf16 copy), holds byte for byte the layers the bf16 original gets with
+    quantization="fp8", and its first steps serve the same numbers. Both engines take cuBLAS for every
+    decode matmul: start-up timing could otherwise pick different kernels for them."""
     from tests.integration.engine_helpers import checked_engine
 
     monkeypatch.setattr("runtime.model.matmul_choice.choose_matmul_routes", lambda model: {})
@@ -111,9 +111,21 @@ def test_fp8_checkpoint_serves_on_the_gpu_what_quantising_the_original_does(tiny
     fp8_path = save_fp8_checkpoint(path, str(tmp_path / "fp8"), per_tensor=False, quantization_config=CHANNEL_CONFIG)
     prompts = [list(range(10, 200)), [7] * 50]
     params = {"max_new_tokens": 16, "temperature": 0, "ignore_eos": True}
-    runs = []
+    layers, outputs = [], []
     for model_path, options in ((fp8_path, {}), (path, {"quantization": "fp8"})):
         with checked_engine(model_path=model_path, dtype="bfloat16", **options) as engine:
-            assert engine.runner.model.model.layers[0].self_attn.qkv_proj.weight.dtype == torch.float8_e4m3fn
-            runs.append([o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)])
-    assert runs[0] == runs[1]
+            layers.append({name: (m.weight.view(torch.uint8).cpu(), m.weight_scale.cpu())
+                           for name, m in engine.runner.model.named_modules() if getattr(m, "weight_scale", None) is not None})
+            outputs.append(engine.generate(input_ids=prompts, sampling_params=params, return_logprob=True,
+                                           top_logprobs_num=5))
+    assert layers[0].keys() == layers[1].keys() and len(layers[0]) == 4 * 4
+    for name, (weight, scale) in layers[0].items():
+        assert torch.equal(weight, layers[1][name][0]), f"{name}: weight bytes differ"
+        assert torch.equal(scale, layers[1][name][1]), f"{name}: scales differ"
+    for loaded, quantised in zip(*outputs):
+        assert loaded["output_ids"][0] == quantised["output_ids"][0]  # the prefill's token
+        # the first decode step, on the same tokens: the same operands, so the same top logprobs
+        top_loaded = loaded["meta_info"]["output_top_logprobs"][1]
+        top_quantised = quantised["meta_info"]["output_top_logprobs"][1]
+        for a, b in zip(sorted(lp for lp, _, _ in top_loaded), sorted(lp for lp, _, _ in top_quantised)):
+            assert abs(a - b) < 1e-3, (top_loaded, top_quantised)

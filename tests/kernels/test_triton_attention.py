@@ -293,23 +293,15 @@ def test_extend_at_the_edge_of_the_unmasked_tiles(block_m, block_n, pack_gqa):
     assert_close(actual, expected, torch.float32)
 
 
-def test_steps_with_a_long_extend_take_the_long_launch_shape():
-    from runtime.attention.triton.extend import LONG_EXTEND_CONFIG, LONG_EXTEND_LEN, choose_extend_config
-
-    assert choose_extend_config(LONG_EXTEND_LEN - 1) == ExtendConfig()
-    assert choose_extend_config(LONG_EXTEND_LEN) == LONG_EXTEND_CONFIG != ExtendConfig()
-
-
-def test_warm_up_runs_the_extend_kernel_in_every_launch_shape_a_step_may_choose(monkeypatch):
+def test_warm_up_runs_the_extend_kernel_in_the_launch_shape_steps_use(monkeypatch):
     from runtime.attention.triton import backend as backend_module
-    from runtime.attention.triton.extend import LONG_EXTEND_CONFIG
 
     seen, run = [], backend_module.extend_attention
     monkeypatch.setattr(backend_module, "extend_attention",
                         lambda *args, config, **kwargs: seen.append(config) or run(*args, config=config, **kwargs))
     layer = AttentionLayer(layer_id=0, num_heads=4, num_kv_heads=2, head_dim=16, scaling=0.25)
     TritonAttention().warm_up(layer, torch.float32, torch.float32, DEVICE)
-    assert seen == [ExtendConfig(), LONG_EXTEND_CONFIG]
+    assert seen == [ExtendConfig()]
     seen.clear()
     TritonAttention(extend_config=SMALL_EXTEND).warm_up(layer, torch.float32, torch.float32, DEVICE)
     assert seen == [SMALL_EXTEND]

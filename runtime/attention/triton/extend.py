@@ -6,8 +6,9 @@ kernel reads it through kv_indptr / kv_indices and applies a causal mask shifted
     keys:    | cached prefix (prefix_len) | new tokens (extend_len) |
     query i (0 <= i < extend_len) sees keys [0, prefix_len + i]
 
-Grid (request, head, block of BLOCK_M new tokens), or with `pack_gqa` (request, KV head, block): one
-program then takes the whole query-head group, so a K/V tile is loaded once for the group. Blocks
+Grid (request, KV head, block) with `pack_gqa` (the default): one program takes the whole query-head
+group, so a K/V tile is loaded once for the group. Without it, (request, head, block of BLOCK_M new
+tokens). Blocks
 past a request's extend_len exit at once.
 The KV loop stops at the last key the block's final query can see, and scores use exp2 (log2 units).
 """
@@ -26,27 +27,19 @@ from runtime.attention.triton.tile import attend_tile
 
 @dataclass(frozen=True)
 class ExtendConfig:
-    """Launch shape of the extend kernel."""
+    """Launch shape of the extend kernel. The default is the fastest shape measured on an H200
+    (benchmarks/bench_extend.py: bf16, GQA 32/8, head dim 128) in each of three batches: prompts of
+    256-1,024 new tokens (172 TFLOP/s; 168 for 64 one-head rows in 2 stages), an 8k chunk after 8k
+    cached tokens (391; 393 for 128 one-head rows), and 64 requests of 64 new tokens after 2,000
+    cached (275; 220 for 64 one-head rows, FlashInfer 212)."""
 
-    block_m: int = 64  # query rows per program: new tokens (with pack_gqa, tokens x the padded group)
+    block_m: int = 128  # query rows per program: new tokens (with pack_gqa, tokens x the padded group)
     block_n: int = 64  # KV tokens per tile
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
     # one program takes every query head of a KV group, so each K/V tile is loaded once per group
-    # instead of once per head; off by default until measured on a GPU
-    pack_gqa: bool = False
-
-
-# Measured on an H200 (benchmarks/bench_extend.py: bf16, GQA 32/8, head dim 128): prompts of 256-1,024
-# new tokens ran fastest in the default 64-row blocks (171 TFLOP/s; 168 in 128-row blocks), while an
-# 8k chunk after 8k cached tokens ran 1.44x faster in 128-row blocks with 3 stages (397 vs 277).
-LONG_EXTEND_LEN = 4096
-LONG_EXTEND_CONFIG = ExtendConfig(block_m=128, block_n=64, num_warps=4, num_stages=3)
-
-
-def choose_extend_config(max_extend_len: int) -> ExtendConfig:
-    """The launch shape for a step whose longest request adds `max_extend_len` tokens."""
-    return LONG_EXTEND_CONFIG if max_extend_len >= LONG_EXTEND_LEN else ExtendConfig()
+    # instead of once per head
+    pack_gqa: bool = True
 
 
 @triton.jit
