@@ -29,7 +29,9 @@ def parse_args(argv=None):
     parser.add_argument("--sweep", action="store_true", help="also time several block/warp/split configs")
     parser.add_argument("--no-flashinfer", action="store_true", help="skip the FlashInfer baseline")
     parser.add_argument("--iters", type=int, default=50)
-    parser.add_argument("--shapes", default="64x4096,1x1024,128x1024", help="BATCHxCONTEXT or BATCHxMIN-MAX (ragged),...")
+    parser.add_argument("--shapes", default="64x4096,1x1024,128x1024",
+                        help="BATCHxCONTEXT or BATCHxMIN-MAX (ragged),...; a suffix d orders a ragged batch longest "
+                             "first, c gives each request contiguous slots (as a fresh pool does) instead of scattered")
     parser.add_argument("--heads", default="32/8", help="query heads/KV heads")
     parser.add_argument("--head-dim", type=int, default=128)
     return parser.parse_args(argv)
@@ -51,23 +53,29 @@ SWEEP_SPLITS = [1, 2, 4, 8, 16, 32]
 class Problem:
     """Pool, slot table and queries of one decode step: B requests × context tokens each."""
 
-    def __init__(self, batch_size, context_len, num_heads, num_kv_heads, head_dim, dtype, device, min_context=None):
+    def __init__(self, batch_size, context_len, num_heads, num_kv_heads, head_dim, dtype, device, min_context=None,
+                 flags=""):
         """context_len tokens per request, or with min_context lengths uniform in [min_context, context_len]
-        (ragged, as a serving batch is)."""
+        (ragged, as a serving batch is). flags: "d" orders the requests longest first (so the longest
+        programs launch first), "c" gives each request contiguous slots."""
         gen = torch.Generator(device=device).manual_seed(batch_size * 7919 + context_len)
         if min_context is None:
             self.lengths = [context_len] * batch_size
         else:
             host_gen = torch.Generator().manual_seed(batch_size + context_len)
             self.lengths = torch.randint(min_context, context_len + 1, (batch_size,), generator=host_gen).tolist()
+        if "d" in flags:
+            self.lengths.sort(reverse=True)
         num_tokens = sum(self.lengths)
         self.label = f"{batch_size}x{context_len}" if min_context is None else f"{batch_size}x{min_context}-{context_len}"
+        self.label += flags
         self.shape = (batch_size, context_len, num_heads, num_kv_heads, head_dim)
         self.scaling = head_dim**-0.5
         pool_shape = (num_tokens + 1, num_kv_heads, head_dim)  # slot 0 = padding slot
         self.k_buffer = torch.randn(pool_shape, generator=gen, device=device).to(dtype)
         self.v_buffer = torch.randn(pool_shape, generator=gen, device=device).to(dtype)
-        self.kv_indices = (torch.randperm(num_tokens, generator=gen, device=device) + 1).to(torch.int32)
+        order = torch.arange(num_tokens, device=device) if "c" in flags else torch.randperm(num_tokens, generator=gen, device=device)
+        self.kv_indices = (order + 1).to(torch.int32)
         self.kv_indptr = torch.zeros(batch_size + 1, dtype=torch.int32, device=device)
         self.kv_indptr[1:] = torch.tensor(self.lengths, device=device).cumsum(0)
         self.q = torch.randn((batch_size, num_heads, head_dim), generator=gen, device=device).to(dtype)
@@ -216,11 +224,13 @@ def print_table(rows, copy_bytes_per_s, device_name):
         print(format_row(r))
 
 
-def parse_shape(text: str) -> tuple[int, int, int | None]:
-    """"64x4096" → (64, 4096, None); "448x256-1536" → (448, 1536, 256): ragged lengths in [256, 1536]."""
-    batch, context = text.split("x")
+def parse_shape(text: str) -> tuple[int, int, int | None, str]:
+    """"64x4096" → (64, 4096, None, ""); "448x256-1536dc" → (448, 1536, 256, "dc"): ragged lengths in
+    [256, 1536], longest first, contiguous slots."""
+    flags = text[len(text.rstrip("dc")):]
+    batch, context = text[: len(text) - len(flags)].split("x")
     low, _, high = context.partition("-")
-    return (int(batch), int(high), int(low)) if high else (int(batch), int(low), None)
+    return (int(batch), int(high), int(low), flags) if high else (int(batch), int(low), None, flags)
 
 
 def main(args) -> None:
@@ -229,7 +239,7 @@ def main(args) -> None:
         raise SystemExit("needs a CUDA GPU (or --cpu-smoke)")
     num_heads, num_kv_heads = (int(x) for x in args.heads.split("/"))
     if args.cpu_smoke:  # bf16 tl.dot is wrong in the interpreter; shapes the interpreter runs in seconds
-        shapes, head_dim, dtype, iters = [(2, 64, None), (1, 40, None), (3, 50, 5)], 32, torch.float32, 2
+        shapes, head_dim, dtype, iters = [(2, 64, None, ""), (1, 40, None, ""), (3, 50, 5, "dc")], 32, torch.float32, 2
         num_heads, num_kv_heads, num_sms, copy_bytes_per_s = 4, 2, 4, float("nan")
     else:
         shapes = [parse_shape(s) for s in args.shapes.split(",")]
@@ -237,8 +247,8 @@ def main(args) -> None:
         num_sms = torch.cuda.get_device_properties(device).multi_processor_count
         copy_bytes_per_s = copy_bandwidth(device, iters)
     rows = []
-    for batch_size, context_len, min_context in shapes:
-        problem = Problem(batch_size, context_len, num_heads, num_kv_heads, head_dim, dtype, device, min_context)
+    for batch_size, context_len, min_context, flags in shapes:
+        problem = Problem(batch_size, context_len, num_heads, num_kv_heads, head_dim, dtype, device, min_context, flags)
         print(f"B={batch_size} context={context_len}", flush=True)
         rows += bench_shape(problem, num_sms, iters, copy_bytes_per_s, args.sweep, not args.no_flashinfer)
         del problem
