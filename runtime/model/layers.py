@@ -89,6 +89,21 @@ def add_rms_norm(
     return rms_norm(new_residual, weight, eps), new_residual
 
 
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [T, 2I] (gate columns first) → silu(gate) * up [T, I], rounded as HF's MLP rounds."""
+    fused = fused_kernels(gate_up)
+    if fused is not None:
+        return fused.silu_and_mul(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+# What a projection's input comes from, where the vector kernel computes it itself (matvec.py) while
+# cuBLAS needs it as a kernel of its own: start-up timing (matmul_choice.py) charges that to cuBLAS.
+NORM_INPUT = "rms_norm"  # (residual add +) RMSNorm, through norm_then_linear
+SILU_MUL_INPUT = "silu_mul"  # silu(gate) * up, through GatedMLP.down
+
+
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -120,6 +135,7 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(output_size, input_size))
         self.bias = nn.Parameter(torch.empty(output_size)) if bias else None
         self.register_buffer("weight_scale", None)  # set by fp8.quantize_model
+        self.fused_input: Optional[str] = None  # NORM_INPUT / SILU_MUL_INPUT: set by the block that feeds it
         self.vector_config = None
         self.skinny_max_m = 0
 
@@ -214,6 +230,7 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.gate_up_proj = MergedLinear(hidden_size, {"gate_proj": intermediate_size, "up_proj": intermediate_size})
         self.down_proj = Linear(intermediate_size, hidden_size)
+        self.down_proj.fused_input = SILU_MUL_INPUT
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self.gate_up_proj(x))
@@ -222,8 +239,4 @@ class GatedMLP(nn.Module):
         """down(silu(gate) * up) from the gate_up projection's output [T, 2I]."""
         if self.down_proj.takes_one_row(gate_up):  # silu·mul inside the down projection's kernel
             return self.down_proj.forward_silu_mul(gate_up)
-        fused = fused_kernels(gate_up)
-        if fused is not None:
-            return self.down_proj(fused.silu_and_mul(gate_up))  # [T, hidden]
-        gate, up = self.gate_up_proj.split(gate_up)  # 2 × [T, I]
-        return self.down_proj(F.silu(gate) * up)  # [T, hidden]
+        return self.down_proj(silu_and_mul(gate_up))  # [T, hidden]

@@ -18,7 +18,7 @@ from torch import nn
 from runtime.attention.base import AttentionLayer, BaseAttentionBackend
 from runtime.forward_batch import ForwardBatch
 from runtime.model.config import ModelConfig
-from runtime.model.layers import Embedding, GatedMLP, Linear, MergedLinear, RMSNorm, norm_then_linear
+from runtime.model.layers import NORM_INPUT, Embedding, GatedMLP, Linear, MergedLinear, RMSNorm, norm_then_linear
 from runtime.model.registry import register_model
 from runtime.model.rotary import RotaryEmbedding, apply_rotary
 
@@ -66,6 +66,7 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn.qkv_proj.fused_input = self.mlp.gate_up_proj.fused_input = NORM_INPUT  # see forward
 
     def forward(
         self,

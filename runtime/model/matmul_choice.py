@@ -8,6 +8,11 @@ start-up by timing them on the loaded model's weight shapes, on this card.
 - fp8 weights (fp8.py): at M = 1 the vector kernel reading fp8 against torch._scaled_mm; larger M
   always runs _scaled_mm (the skinny kernel reads 16-bit weights only).
 
+Where the vector kernel also computes its input (the norm in front of qkv and gate_up, silu·mul in
+front of down: `Linear.fused_input`), cuBLAS is timed together with the kernel that input then
+needs, since that is what the model runs either way. On an H200, gate_up alone timed at cuBLAS's
+54.9 µs (101% of copy) and kept cuBLAS plus a separate norm kernel per layer.
+
 A kernel is used only where it wins by a margin, since a win inside the noise of the timing is no
 win. The timing cycles through enough copies of the weight to overflow L2, as in the model where every
 weight streams from HBM, and with PDL on consecutive products overlap as in the model too.
@@ -76,28 +81,43 @@ def graph_time_us(fn, reps: int = 10, iters: int = 10) -> float:
 
 
 def time_projection(kind, weight: torch.Tensor, m: int, weight_scale: torch.Tensor | None = None,
-                    act_dtype: torch.dtype = torch.bfloat16) -> float:
+                    act_dtype: torch.dtype = torch.bfloat16, fused_input: str | None = None) -> float:
     """µs of one [m, K] x weight^T product, in a CUDA graph. `kind`: "cublas" (torch._scaled_mm for an
     fp8 weight, which comes with its `weight_scale`), "skinny" (the skinny kernel) or a VectorConfig
     (the vector kernel, m = 1). x is in the weight's dtype, or `act_dtype` for an fp8 weight.
+    `fused_input` (m = 1): the product's input is made from x by that op (layers.NORM_INPUT,
+    SILU_MUL_INPUT), inside the vector kernel or, for cuBLAS, by its own kernel first.
 
     In the model every weight streams from HBM; a shape that fits in L2 would time at cache speed if
     repeated. So the graph cycles through enough copies of the weight to overflow L2 several times."""
     l2_bytes = getattr(torch.cuda.get_device_properties(weight.device), "L2_cache_size", 64 * 2**20)
     copies = max(2, min(16, -(-4 * l2_bytes // (weight.numel() * weight.element_size()))))
     weights = [weight.clone() for _ in range(copies)]
-    x = torch.randn(m, weight.shape[1], dtype=act_dtype if weight_scale is not None else weight.dtype,
-                    device=weight.device)
+    from runtime.model.layers import NORM_INPUT, SILU_MUL_INPUT, add_rms_norm, silu_and_mul
+
+    dtype = act_dtype if weight_scale is not None else weight.dtype
+    k = weight.shape[1]
+    x = torch.randn(m, 2 * k if fused_input == SILU_MUL_INPUT else k, dtype=dtype, device=weight.device)
+    residual = torch.randn(m, k, dtype=dtype, device=weight.device)
+    norm_weight = torch.ones(k, dtype=dtype, device=weight.device)
+
+    def cublas_input():
+        if fused_input == NORM_INPUT:
+            return add_rms_norm(x, residual, norm_weight, 1e-6)[0]
+        return silu_and_mul(x) if fused_input == SILU_MUL_INPUT else x
+
     if kind == "cublas" and weight_scale is not None:
         from runtime.model.fp8 import fp8_linear
 
-        calls = [lambda w=w: fp8_linear(x, w, weight_scale) for w in weights]
+        calls = [lambda w=w: fp8_linear(cublas_input(), w, weight_scale) for w in weights]
     elif kind == "cublas":
-        calls = [lambda w=w: F.linear(x, w) for w in weights]
+        calls = [lambda w=w: F.linear(cublas_input(), w) for w in weights]
     elif kind == "skinny":
         calls = [lambda w=w: skinny_matmul(x, w) for w in weights]  # its default shape, as Linear runs it
     else:
-        calls = [lambda w=w: vector_matmul(x, w, kind, weight_scale=weight_scale) for w in weights]
+        fused = ({"norm_weight": norm_weight, "residual": residual} if fused_input == NORM_INPUT
+                 else {"silu_mul": fused_input == SILU_MUL_INPUT})
+        calls = [lambda w=w: vector_matmul(x, w, kind, weight_scale=weight_scale, **fused) for w in weights]
 
     def run_all():
         for call in calls:
@@ -117,8 +137,9 @@ def choose_matmul_routes(
     model: torch.nn.Module, timer=time_projection, eligible=_eligible, vector_candidates=VECTOR_CANDIDATES,
     fp8_vector_candidates=FP8_VECTOR_CANDIDATES,
 ) -> dict:
-    """Time cuBLAS and our kernels on each distinct Linear weight shape at M = 1 and M = MAX_M and
-    set `vector_config` and `skinny_max_m` on every Linear of that shape. Returns {(N, K): Route}."""
+    """Time cuBLAS and our kernels on each distinct Linear weight shape (and input, `fused_input`) at
+    M = 1 and M = MAX_M and set `vector_config` and `skinny_max_m` on every Linear of that kind.
+    Returns {(N, K[, "fp8"][, fused_input]): Route}."""
     from runtime.model.layers import Linear
 
     chosen: dict[tuple, Route] = {}
@@ -127,14 +148,16 @@ def choose_matmul_routes(
         if not isinstance(layer, Linear) or not eligible(layer):
             continue
         fp8 = layer.weight_scale is not None
-        key = (*layer.weight.shape, "fp8") if fp8 else tuple(layer.weight.shape)
+        fused_input = getattr(layer, "fused_input", None)
+        key = (*layer.weight.shape, *(["fp8"] if fp8 else []), *([fused_input] if fused_input else []))
         if key not in chosen:
             if not spun_up and layer.weight.is_cuda:
                 _spin_up(layer.weight)
                 spun_up = True
             scale = {"weight_scale": layer.weight_scale} if fp8 else {}
             candidates = fp8_vector_candidates if fp8 else vector_candidates
-            m1 = _least_times(timer, layer.weight, 1, ["cublas", *candidates], **scale)
+            fused = {"fused_input": fused_input} if fused_input else {}
+            m1 = _least_times(timer, layer.weight, 1, ["cublas", *candidates], **scale, **fused)
             best = min(candidates, key=lambda c: m1[c], default=None)
             vector = best if best is not None and m1["cublas"] >= MIN_SPEEDUP_VECTOR * m1[best] else None
             skinny = 0

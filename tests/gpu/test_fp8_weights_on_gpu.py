@@ -100,7 +100,7 @@ def test_fp8_engine_graphs_equal_eager(tiny_model_dir):
 def test_fp8_checkpoint_serves_on_the_gpu_what_quantising_the_original_does(tiny_model_dir, tmp_path, monkeypatch):
     """A per-channel fp8 checkpoint, loaded straight into fp8 layers on the GPU (built on the meta
     device, so no bf16 copy), holds byte for byte the layers the bf16 original gets with
-    quantization="fp8", and its first steps serve the same numbers. Both engines take cuBLAS for every
+    quantization="fp8", and serves the same tokens with the same logprobs. Both engines take cuBLAS for every
     decode matmul: start-up timing could otherwise pick different kernels for them."""
     from tests.integration.engine_helpers import checked_engine
 
@@ -122,10 +122,6 @@ def test_fp8_checkpoint_serves_on_the_gpu_what_quantising_the_original_does(tiny
     for name, (weight, scale) in layers[0].items():
         assert torch.equal(weight, layers[1][name][0]), f"{name}: weight bytes differ"
         assert torch.equal(scale, layers[1][name][1]), f"{name}: scales differ"
-    for loaded, quantised in zip(*outputs):
-        assert loaded["output_ids"][0] == quantised["output_ids"][0]  # the prefill's token
-        # the first decode step, on the same tokens: the same operands, so the same top logprobs
-        top_loaded = loaded["meta_info"]["output_top_logprobs"][1]
-        top_quantised = quantised["meta_info"]["output_top_logprobs"][1]
-        for a, b in zip(sorted(lp for lp, _, _ in top_loaded), sorted(lp for lp, _, _ in top_quantised)):
-            assert abs(a - b) < 1e-3, (top_loaded, top_quantised)
+    for loaded, quantised in zip(*outputs):  # the same layers and kernels: the same tokens and numbers
+        assert loaded["output_ids"] == quantised["output_ids"]
+        assert loaded["meta_info"]["output_top_logprobs"] == quantised["meta_info"]["output_top_logprobs"]

@@ -92,7 +92,7 @@ def test_triton_attention_over_an_fp8_pool_matches_torch_native(dtype, decode):
     reference.prepare(batch)
     expected = reference.forward(q, k, v, layer, batch)
     ours_batch = replace(batch, kv_pool=clone_pool(batch.kv_pool))
-    backend = TritonAttention(num_splits=2, decode_config=DecodeConfig(block_n=16), extend_config=ExtendConfig(16, 16))
+    backend = TritonAttention(num_splits=2, decode_config=DecodeConfig(block_n=16), extend_config=ExtendConfig(16, 16, pack_gqa=False))
     backend.prepare(ours_batch)
     actual = backend.forward(q, k, v, layer, ours_batch)
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)

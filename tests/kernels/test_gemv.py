@@ -92,6 +92,40 @@ def test_a_tie_within_noise_keeps_cublas_and_float32_cpu_weights_are_never_timed
     assert untimed.a.skinny_max_m == 0 and untimed.a.vector_config is None
 
 
+def test_projections_whose_input_the_vector_kernel_computes_are_timed_with_that_input(tiny_model_dir):
+    """qkv and gate_up come after a norm, down after silu·mul: the vector kernel computes those
+    inputs itself, cuBLAS needs a kernel for them. The timer is told, the choice is per input, and
+    projections of one shape but different inputs are chosen apart."""
+    from runtime.model.layers import NORM_INPUT, SILU_MUL_INPUT
+    from runtime.model.llama import LlamaDecoderLayer
+    from runtime.model.config import ModelConfig
+
+    config = ModelConfig.from_pretrained(tiny_model_dir("llama", hidden_size=64, intermediate_size=64, num_heads=4,
+                                                        num_kv_heads=4))
+    layer = LlamaDecoderLayer(config, 0, attn_backend=None)
+    attn, mlp = layer.self_attn, layer.mlp
+    assert (attn.qkv_proj.fused_input, attn.o_proj.fused_input) == (NORM_INPUT, None)
+    assert (mlp.gate_up_proj.fused_input, mlp.down_proj.fused_input) == (NORM_INPUT, SILU_MUL_INPUT)
+
+    timed = []
+
+    def timer(kind, weight, m, fused_input=None):
+        timed.append((tuple(weight.shape), m, fused_input))
+        if kind == "skinny":
+            return 9.0
+        # alone cuBLAS wins; with the kernel its input needs, it loses
+        return {"cublas": 1.5 if fused_input else 1.0, FAST: 1.2}[kind]
+
+    chosen = choose_matmul_routes(layer, timer=timer, eligible=lambda w: True, vector_candidates=(FAST,))
+    # qkv [192, 64] and gate_up [128, 64] after the norm; o [64, 64] plain; down [64, 64] after silu·mul
+    assert chosen == {(192, 64, NORM_INPUT): Route(FAST), (64, 64): Route(), (128, 64, NORM_INPUT): Route(FAST),
+                      (64, 64, SILU_MUL_INPUT): Route(FAST)}
+    assert (attn.o_proj.vector_config, mlp.down_proj.vector_config) == (None, FAST)
+    assert {(shape, fused) for shape, m, fused in timed if m == 1} == {
+        ((192, 64), NORM_INPUT), ((64, 64), None), ((128, 64), NORM_INPUT), ((64, 64), SILU_MUL_INPUT)}
+    assert all(fused is None for _, m, fused in timed if m != 1)  # the skinny kernel fuses nothing
+
+
 def test_linear_routes_decode_rows_to_the_chosen_kernel(monkeypatch):
     import runtime.model.gemv as gemv
     import runtime.model.matvec as matvec

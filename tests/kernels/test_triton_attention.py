@@ -29,7 +29,7 @@ DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 LAYER_ID = 1  # not layer 0, so a kernel that ignores layer_id reads the wrong buffers
 # Small tiles on CPU so that short sequences still cross several KV tiles and query blocks.
 SMALL_DECODE = DecodeConfig(block_n=16)
-SMALL_EXTEND = ExtendConfig(block_m=16, block_n=16)
+SMALL_EXTEND = ExtendConfig(block_m=16, block_n=16, pack_gqa=False)  # one query head per program
 PACKED_EXTEND = ExtendConfig(block_m=16, block_n=16, pack_gqa=True)  # 16 rows: 16 / group tokens x the group
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 gpu = pytest.mark.gpu
@@ -295,6 +295,7 @@ def test_extend_at_the_edge_of_the_unmasked_tiles(block_m, block_n, pack_gqa):
 
 def test_warm_up_runs_the_extend_kernel_in_the_launch_shape_steps_use(monkeypatch):
     from runtime.attention.triton import backend as backend_module
+    from runtime.attention.triton.extend import WIDE_HEAD_EXTEND_CONFIG
 
     seen, run = [], backend_module.extend_attention
     monkeypatch.setattr(backend_module, "extend_attention",
@@ -302,6 +303,10 @@ def test_warm_up_runs_the_extend_kernel_in_the_launch_shape_steps_use(monkeypatc
     layer = AttentionLayer(layer_id=0, num_heads=4, num_kv_heads=2, head_dim=16, scaling=0.25)
     TritonAttention().warm_up(layer, torch.float32, torch.float32, DEVICE)
     assert seen == [ExtendConfig()]
+    seen.clear()
+    wide = AttentionLayer(layer_id=0, num_heads=2, num_kv_heads=1, head_dim=256, scaling=0.0625)
+    TritonAttention().warm_up(wide, torch.float32, torch.float32, DEVICE)
+    assert seen == [WIDE_HEAD_EXTEND_CONFIG] and not WIDE_HEAD_EXTEND_CONFIG.pack_gqa  # see extend.py
     seen.clear()
     TritonAttention(extend_config=SMALL_EXTEND).warm_up(layer, torch.float32, torch.float32, DEVICE)
     assert seen == [SMALL_EXTEND]

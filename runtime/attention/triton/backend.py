@@ -8,7 +8,7 @@ import torch
 
 from runtime.attention.base import AttentionLayer, BaseAttentionBackend, register_attention_backend
 from runtime.attention.triton.decode import DecodeConfig, choose_num_splits, decode_attention_table
-from runtime.attention.triton.extend import ExtendConfig, extend_attention
+from runtime.attention.triton.extend import ExtendConfig, default_extend_config, extend_attention
 from runtime.attention.triton.kv_store import store_kv
 from runtime.forward_batch import ForwardBatch
 from runtime.triton_interpreter import can_launch_on
@@ -60,8 +60,8 @@ class TritonAttention(BaseAttentionBackend):
     """Split-KV decode and causal extend kernels in Triton over the paged KV pool.
 
     `num_splits` forces the decode split count (tests, benchmarks); by default it is chosen per step
-    from the batch size, the KV heads, the longest sequence and the SM count. `extend_config` is the
-    extend kernel's launch shape (its default was the fastest measured for short and long extends).
+    from the batch size, the KV heads, the longest sequence and the SM count. `extend_config` forces
+    the extend kernel's launch shape; by default it follows the head size (`default_extend_config`).
     Unknown keyword arguments (device, num_heads, ...) are accepted and ignored, like every
     backend's factory.
     """
@@ -70,7 +70,7 @@ class TritonAttention(BaseAttentionBackend):
         self,
         num_splits: int | None = None,
         decode_config: DecodeConfig = DEFAULT_DECODE_CONFIG,
-        extend_config: ExtendConfig = ExtendConfig(),
+        extend_config: ExtendConfig | None = None,
         **_unused,
     ):
         self.num_splits = num_splits
@@ -97,15 +97,19 @@ class TritonAttention(BaseAttentionBackend):
         self.metadata = TritonMetadata(qo_indptr, kv_indptr, kv_indices, max_seq_len, max_extend_len)
         self._step_splits = None
 
+    def _extend_config(self, layer: AttentionLayer) -> ExtendConfig:
+        return self.extend_config or default_extend_config(layer.head_dim)
+
     def warm_up(self, layer: AttentionLayer, q_dtype: torch.dtype, kv_dtype: torch.dtype, device: torch.device) -> None:
-        # The extend kernel in its launch shape: otherwise the first prompt waits ~0.3 s for a compile. One token on scratch tensors whose dtypes, strides (multiples of
-        # 16) and alignment give the same specialisation as a real step's. Decode compiles when the
-        # CUDA graphs are captured.
+        # The extend kernel in its launch shape: otherwise the first prompt waits ~0.3 s for a
+        # compile. One token on scratch tensors whose dtypes, strides (multiples of 16) and alignment
+        # give the same specialisation as a real step's. Decode compiles when the CUDA graphs are
+        # captured.
         q = torch.zeros(1, layer.num_heads, layer.head_dim, dtype=q_dtype, device=device)
         kv = torch.zeros(2, layer.num_kv_heads, layer.head_dim, dtype=kv_dtype, device=device)
         indptr = torch.tensor([0, 1], dtype=torch.int32, device=device)
         slots = torch.ones(1, dtype=torch.int32, device=device)
-        extend_attention(q, kv, kv, indptr, indptr, slots, layer.scaling, 1, config=self.extend_config)
+        extend_attention(q, kv, kv, indptr, indptr, slots, layer.scaling, 1, config=self._extend_config(layer))
 
     # ------------------------------------------------------------------ CUDA graphs
     supports_cuda_graph = True
@@ -135,7 +139,7 @@ class TritonAttention(BaseAttentionBackend):
         return extend_attention(
             q, k_buffer, v_buffer, meta.qo_indptr, meta.kv_indptr, meta.kv_indices,
             layer.scaling, meta.max_extend_len,
-            config=self.extend_config,
+            config=self._extend_config(layer),
         )
 
     def forward_decode(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:

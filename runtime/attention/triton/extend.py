@@ -42,6 +42,17 @@ class ExtendConfig:
     pack_gqa: bool = True
 
 
+# Heads wider than 128: a 128-row float32 accumulator of 256 columns is 256 registers a thread at 4
+# warps, and an sm_90 compile of the default spilled ~4 KB a thread (64 one-head rows: 32 bytes). They
+# keep the earlier default shape until a GPU run measures them.
+WIDE_HEAD_EXTEND_CONFIG = ExtendConfig(block_m=64, block_n=64, num_warps=4, num_stages=2, pack_gqa=False)
+
+
+def default_extend_config(head_dim: int) -> ExtendConfig:
+    """The launch shape for a model's head size when none is forced."""
+    return ExtendConfig() if head_dim <= 128 else WIDE_HEAD_EXTEND_CONFIG
+
+
 @triton.jit
 def _extend_kernel(
     q_ptr, o_ptr, k_buffer_ptr, v_buffer_ptr, qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr,
