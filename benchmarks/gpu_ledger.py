@@ -102,3 +102,35 @@ def offline_ledger(n=1000):
     engine.check_integrity()
     engine.shutdown()
     return res
+
+
+def batch1_ledger(steps: int = 128, context: int = 1024) -> dict:
+    """Batch-1 decode at `context` tokens, per step: GPU µs by kind of kernel, the idle µs between
+    kernels and the gaps that make it up, with programmatic dependent launch off so that a kernel's
+    time is its own (the engine is built after switching it off, so its graphs are captured so). The
+    prompt is run once first, so the profiled request prefills one token from the radix cache: the
+    table is decode. Set against the step time with PDL on (bench_gpu's decode section), it says
+    what the ~0.7 ms a step over the weight-read roofline on the H200 is made of."""
+    from runtime import Engine
+    from runtime import pdl
+
+    pdl.force(False)
+    try:
+        engine = Engine(model_path=model_dir(tempfile.mkdtemp()), load_format="dummy")
+        ids = torch.randint(100, 120000, (context,)).tolist()
+        params = {"max_new_tokens": 1, "temperature": 0, "ignore_eos": True}
+        engine.generate(input_ids=ids, sampling_params=params)  # fills the radix cache
+        engine.generate(input_ids=ids, sampling_params={**params, "max_new_tokens": 16})  # warm
+        result = _profiled_seconds(
+            lambda: engine.generate(input_ids=ids, sampling_params={**params, "max_new_tokens": steps + 1}))
+        engine.check_integrity()
+        engine.shutdown()
+    finally:
+        pdl.force(None)
+    per_step = {"wall_us": result["wall_s"] * 1e6 / steps, "gpu_busy_us": result["gpu_busy_s"] * 1e6 / steps,
+                "gpu_idle_us": result["gpu_idle_s"] * 1e6 / steps,
+                "by_kind_us": {k: v * 1e6 / steps for k, v in result["by_kind_s"].items()}}
+    per_step = {k: ({kk: round(vv, 1) for kk, vv in v.items()} if isinstance(v, dict) else round(v, 1))
+                for k, v in per_step.items()}
+    top = [(name, round(seconds * 1e6 / steps, 1), round(count / steps, 2)) for name, seconds, count in result["top"]]
+    return dict(steps=steps, per_step=per_step, top_us_per_step=top, idle_gaps=result["idle_gaps"])

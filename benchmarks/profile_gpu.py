@@ -24,6 +24,8 @@ benchmark of record (that is bench_gpu.py).
             size and the largest, with the kernels around them (µs, seconds into the run, before,
             after). Run with SGFLOW_DISABLE_PDL=1: with PDL a kernel's time includes its wait for the
             previous one, so sums overcount
+  ledger_b1 (gpu_ledger.py) batch-1 decode at 1k context, per step: GPU µs by kind of kernel, the top
+            kernels, the idle µs and its gaps, with PDL switched off inside (no env var needed)
 """
 
 from __future__ import annotations
@@ -315,6 +317,10 @@ def main() -> None:
         from benchmarks.gpu_ledger import offline_ledger
 
         section("ledger", offline_ledger)
+    if "ledger_b1" in wanted:
+        from benchmarks.gpu_ledger import batch1_ledger
+
+        section("ledger_b1", batch1_ledger)
     if not wanted & {"syncs", "kernels", "kernels_b320", "overlap", "json", "offline"}:
         return _write(args.out)
     from runtime import Engine

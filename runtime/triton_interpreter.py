@@ -1,12 +1,13 @@
 """Triton's CPU interpreter (TRITON_INTERPRET=1), which is how CI runs our kernels: when it is on,
 and the one place it computes differently from a GPU.
 
-On the GPU a kernel converts float32 → fp8 with the hardware's round-to-nearest-even, which matches
-torch's cast. The interpreter's conversion does not: when rounding carries out of the mantissa
-(1.99 → 2.0 in e4m3) it loses the carry (1.0). So kernels that round to fp8 pass `EXACT=True` under
-the interpreter and round in float32 arithmetic first (`round_to_fp8`); the conversion that follows
-then meets a representable value and has nothing to round. On the GPU `EXACT` is False and the
-rounding compiles to nothing.
+On the GPU a kernel converts float32 → fp8 or bfloat16 with the hardware's round-to-nearest-even,
+which matches torch's cast. The interpreter's conversions do not: to fp8, when rounding carries out
+of the mantissa (1.99 → 2.0 in e4m3) it loses the carry (1.0); to bfloat16 it truncates. So kernels
+that round to those formats pass `EXACT=True` under the interpreter and round in float32 arithmetic
+first (`round_to_fp8`, `round_to_bf16`); the conversion that follows then meets a representable value
+and has nothing to round. On the GPU `EXACT` is False and the rounding compiles
+to nothing.
 """
 
 from __future__ import annotations
@@ -56,4 +57,22 @@ def round_to_fp8(x, EXACT: tl.constexpr, MANT_BITS: tl.constexpr, MIN_EXP: tl.co
         steps = (steps + 8388608.0) - 8388608.0  # float32 addition at 2^23 rounds to an integer, ties to even
         magnitude = (steps * step).to(tl.int32, bitcast=True)
         x = (magnitude | (bits & -2147483648)).to(tl.float32, bitcast=True)  # x's sign, -0.0 included
+    return x
+
+
+def exact_bf16(dtype: torch.dtype) -> bool:
+    """The `EXACT` argument of `round_to_bf16` for a kernel rounding float32 results to `dtype`: True
+    under the interpreter for bfloat16 (float16 converts there as numpy does, to nearest even)."""
+    return is_interpreting() and dtype == torch.bfloat16
+
+
+@triton.jit
+def round_to_bf16(x, EXACT: tl.constexpr):
+    """float32 x → the nearest bfloat16 value (ties to even), as float32, when EXACT; x otherwise.
+    On the bits: add half an ulp of bfloat16 (less one, plus the kept lowest bit, for ties to even)
+    and drop the low 16 bits. Exact for zeros, subnormals and every finite value (NaN aside)."""
+    if EXACT:
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+        x = bits.to(tl.float32, bitcast=True)
     return x

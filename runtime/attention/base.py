@@ -71,12 +71,24 @@ class BaseAttentionBackend(ABC):
         replays correctly after any later call with the same batch size. Runs outside the graph."""
         raise NotImplementedError(f"{type(self).__name__} does not support CUDA graphs")
 
+    # ------------------------------------------------------------------ RoPE on the way into the pool
+    def can_fuse_rotary(self, q: torch.Tensor) -> bool:
+        """Whether forward() can take this step's q and k before RoPE, with `rotary=(cos, sin)`, and
+        rotate them as it writes the KV (saving the model's own rotary pass). Default: no."""
+        return False
+
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: AttentionLayer, batch: ForwardBatch
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: AttentionLayer, batch: ForwardBatch,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """forward_decode or forward_extend. With `rotary` (cos, sin [T, head_dim / 2] float32, the
+        rotate-half layout), q and k are not yet rotated: only when can_fuse_rotary(q) said so."""
+        if rotary is not None and not self.can_fuse_rotary(q):
+            raise ValueError(f"{type(self).__name__} cannot rotate q and k itself; apply RoPE first")
+        extra = {} if rotary is None else {"rotary": rotary}
         if batch.is_decode:
-            return self.forward_decode(q, k, v, layer, batch)
-        return self.forward_extend(q, k, v, layer, batch)
+            return self.forward_decode(q, k, v, layer, batch, **extra)
+        return self.forward_extend(q, k, v, layer, batch, **extra)
 
 
 def build_kv_indices(batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,9 @@ from torch import nn
 from runtime.attention.base import AttentionLayer, BaseAttentionBackend
 from runtime.forward_batch import ForwardBatch
 from runtime.model.config import ModelConfig
-from runtime.model.layers import NORM_INPUT, Embedding, GatedMLP, Linear, MergedLinear, RMSNorm, norm_then_linear
+from runtime.model.layers import (
+    NORM_INPUT, Embedding, GatedMLP, Linear, MergedLinear, RMSNorm, fused_kernels, norm_then_linear,
+)
 from runtime.model.registry import register_model
 from runtime.model.rotary import RotaryEmbedding, apply_rotary
 
@@ -42,6 +44,11 @@ class LlamaAttention(nn.Module):
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         return self.attend(self.qkv_proj(hidden), cos, sin, batch)
 
+    def _backend_rotates(self, q: torch.Tensor) -> bool:
+        # On a GPU only while our elementwise kernels are on: SGFLOW_DISABLE_FUSED=1, or their start-up
+        # check failing, puts RoPE back on the plain torch path for every backend.
+        return self.attn_backend.can_fuse_rotary(q) and (not q.is_cuda or fused_kernels(q) is not None)
+
     def attend(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """From the qkv projection's output [T, (H + 2 KvH) D] (q heads, k heads, v heads): rotary,
         the KV write and attention, then o_proj → [T, hidden]."""
@@ -51,10 +58,16 @@ class LlamaAttention(nn.Module):
         v = qkv[:, qk_heads * self.head_dim :].view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, KvH, D]
         if self.qk_norm:  # Qwen3 normalises each head before rotating, as HF does
             q, k = self.q_norm(qk[:, :heads]), self.k_norm(qk[:, heads:])
+        else:
+            q, k = qk[:, :heads], qk[:, heads:]  # [T, H, D], [T, KvH, D]
+        if self._backend_rotates(q):  # rotated as the backend writes the KV (same numbers)
+            out = self.attn_backend.forward(q, k, v, self.layer, batch, rotary=(cos, sin))  # [T, H, D]
+            return self.o_proj(out.reshape(num_tokens, -1))
+        if self.qk_norm:
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         else:  # q and k heads side by side: one rotary launch for both (per head, so the same numbers)
             qk = apply_rotary(qk, cos, sin)  # [T, H + KvH, D]
-            q, k = qk[:, :heads], qk[:, heads:]  # [T, H, D], [T, KvH, D]
+            q, k = qk[:, :heads], qk[:, heads:]
         out = self.attn_backend.forward(q, k, v, self.layer, batch)  # [T, H, D]
         return self.o_proj(out.reshape(num_tokens, -1))  # [T, hidden]
 

@@ -1,5 +1,6 @@
-"""The whole engine on our Triton kernels (interpreted on the CPU): greedy output equals HF, and the
-static-buffer decode path that CUDA graphs replay gives the same tokens as the per-step one."""
+"""The whole engine on our Triton kernels (interpreted on the CPU): greedy output equals HF (with RoPE
+applied as the backend writes the KV, for Llama's side-by-side q/k heads and Qwen3's normed ones),
+and the static-buffer decode path that CUDA graphs replay gives the same tokens as the per-step one."""
 
 from __future__ import annotations
 
@@ -17,17 +18,20 @@ PROMPTS = ["Hello", "The cat sees the dog and the bird.", "Q: What is paris? A:"
 GREEDY = {"max_new_tokens": 6, "temperature": 0, "ignore_eos": True}
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_model_dir):
+@pytest.fixture(scope="module", params=["qwen3", "llama"])
+def setup(tiny_model_dir, request):
     from transformers import AutoTokenizer
 
-    path = tiny_model_dir("qwen3")
+    path = tiny_model_dir(request.param)
     ids = [AutoTokenizer.from_pretrained(path).encode(p) for p in PROMPTS]
     return path, ids, hf_greedy(path, ids, GREEDY["max_new_tokens"])
 
 
 @pytest.mark.parametrize("chunk", [4, 8192])
-def test_engine_on_triton_kernels_matches_hf(setup, chunk):
+def test_engine_on_triton_kernels_matches_hf(setup, chunk, monkeypatch):
+    import runtime.model.llama as llama
+
+    monkeypatch.setattr(llama, "apply_rotary", lambda *a: pytest.fail("the model rotated q/k itself"))
     path, ids, expected = setup
     with checked_engine(model_path=path, dtype="float32", attention_backend="triton", chunked_prefill_size=chunk) as engine:
         outs = engine.generate(input_ids=ids, sampling_params=GREEDY)

@@ -9,7 +9,7 @@ import torch
 from runtime.attention.base import AttentionLayer, BaseAttentionBackend, register_attention_backend
 from runtime.attention.triton.decode import DecodeConfig, choose_num_splits, decode_attention_table
 from runtime.attention.triton.extend import ExtendConfig, default_extend_config, extend_attention
-from runtime.attention.triton.kv_store import store_kv
+from runtime.attention.triton.kv_store import can_rotate_and_store, rotary_store_kv, store_kv
 from runtime.forward_batch import ForwardBatch
 from runtime.triton_interpreter import can_launch_on
 
@@ -133,8 +133,8 @@ class TritonAttention(BaseAttentionBackend):
             self._graph_splits[bs] = self._decode_splits(bs, batch.kv_pool.num_kv_heads, batch.device)
         self._step_splits = self._graph_splits[bs]
 
-    def forward_extend(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:
-        k_buffer, v_buffer = self._store(k, v, layer, batch)
+    def forward_extend(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch, rotary=None) -> torch.Tensor:
+        k_buffer, v_buffer = self._store(q, k, v, layer, batch, rotary)
         meta = self.metadata
         return extend_attention(
             q, k_buffer, v_buffer, meta.qo_indptr, meta.kv_indptr, meta.kv_indices,
@@ -142,19 +142,26 @@ class TritonAttention(BaseAttentionBackend):
             config=self._extend_config(layer),
         )
 
-    def forward_decode(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:
-        k_buffer, v_buffer = self._store(k, v, layer, batch)
+    def forward_decode(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch, rotary=None) -> torch.Tensor:
+        k_buffer, v_buffer = self._store(q, k, v, layer, batch, rotary)
         table = batch.req_to_token
         return decode_attention_table(
             q, k_buffer, v_buffer, table, batch.req_pool_indices, table.stride(0), batch.seq_lens, layer.scaling,
             self._decode_splits(batch.batch_size, layer.num_kv_heads, q.device), config=self.decode_config,
         )
 
-    def _store(self, k, v, layer: AttentionLayer, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def can_fuse_rotary(self, q: torch.Tensor) -> bool:
+        return can_rotate_and_store(q)
+
+    def _store(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch, rotary) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the step's K/V into the pool (rotating q in place and k on its way, given `rotary`)."""
         assert self.metadata is not None, "prepare(batch) must run before the first layer"
         k_buffer = batch.kv_pool.k_buffers[layer.layer_id]
         v_buffer = batch.kv_pool.v_buffers[layer.layer_id]
-        store_kv(k_buffer, v_buffer, batch.out_cache_loc, k, v)
+        if rotary is None:
+            store_kv(k_buffer, v_buffer, batch.out_cache_loc, k, v)
+        else:
+            rotary_store_kv(k_buffer, v_buffer, batch.out_cache_loc, q, k, v, *rotary)
         return k_buffer, v_buffer
 
     def _decode_splits(self, batch_size: int, num_kv_heads: int, device: torch.device) -> int:
