@@ -8,8 +8,7 @@ kernel reads it through kv_indptr / kv_indices and applies a causal mask shifted
 
 Grid (request, KV head, block) with `pack_gqa` (the default): one program takes the whole query-head
 group, so a K/V tile is loaded once for the group. Without it, (request, head, block of BLOCK_M new
-tokens). Blocks
-past a request's extend_len exit at once.
+tokens). Blocks past a request's extend_len exit at once.
 The KV loop stops at the last key the block's final query can see, and scores use exp2 (log2 units).
 """
 
