@@ -21,7 +21,7 @@ def _all_kernels():
     from runtime.model import fused
 
     return (decode._decode_split_kernel, decode._decode_merge_kernel, extend._extend_kernel, kv_store._store_kv_kernel,
-            fused._rms_norm_kernel, fused._silu_mul_kernel, fused._rotary_kernel)
+            kv_store._rotary_store_kv_kernel, fused._rms_norm_kernel, fused._silu_mul_kernel, fused._rotary_kernel)
 
 
 def test_index_views_at_any_offset_reuse_the_compiled_kernels():
