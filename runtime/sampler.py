@@ -78,9 +78,26 @@ def apply_penalties(logits: torch.Tensor, reqs: Sequence[Req], rows: list[int]) 
             row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
 
 
+# Up to this many rows, argmax on the GPU runs in our chunked kernels (runtime/argmax.py):
+# torch reduces each row in one thread block, which leaves a batch-1 step waiting ~29 µs on an H200.
+# More rows fill the GPU with torch's blocks anyway.
+CHUNKED_ARGMAX_MAX_ROWS = 8
+
+
+def argmax_rows(scores: torch.Tensor) -> torch.Tensor:
+    """argmax over the last dimension of [B, V] scores → [B] int64, ties to the first index."""
+    rows = scores.shape[0]
+    small = 0 < rows <= CHUNKED_ARGMAX_MAX_ROWS
+    if scores.is_cuda and small and scores.dtype == torch.float32 and scores.stride(-1) == 1:
+        from runtime.argmax import chunked_argmax  # NOTE: imports triton, which a CPU install may lack
+
+        return chunked_argmax(scores)
+    return torch.argmax(scores, dim=-1)
+
+
 def sample(logits: torch.Tensor, batch: SamplingBatch, default_generator: torch.Generator) -> torch.Tensor:
     """logits: [B, V] float32, already penalised and masked → next token ids [B] int64."""
-    greedy_ids = torch.argmax(logits, dim=-1)
+    greedy_ids = argmax_rows(logits)
     if batch.all_greedy:
         return greedy_ids
     probs = torch.softmax(logits / batch.temperatures, dim=-1)
@@ -89,7 +106,7 @@ def sample(logits: torch.Tensor, batch: SamplingBatch, default_generator: torch.
     noise = torch.empty_like(probs)
     for i, gen in enumerate(batch.generators):
         noise[i].exponential_(generator=gen if gen is not None else default_generator)
-    sampled = torch.argmax(probs / noise, dim=-1)
+    sampled = argmax_rows(probs / noise)
     return torch.where(batch.greedy, greedy_ids, sampled)
 
 

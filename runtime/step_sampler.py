@@ -11,7 +11,7 @@ import torch
 
 from runtime.config import EngineConfig
 from runtime.request import Req
-from runtime.sampler import SamplingBatch, apply_penalties, sample, token_logprob_tensors, token_logprobs
+from runtime.sampler import SamplingBatch, apply_penalties, argmax_rows, sample, token_logprob_tensors, token_logprobs
 from runtime.schedule_policy import Admission
 from runtime.transfer import to_device
 
@@ -76,7 +76,7 @@ class StepSampler:
         unconstrained: their results are dropped (see launched_batch.py)."""
         live = live if live is not None else [True] * len(reqs)
         if all(_plain_greedy(r) or not alive for r, alive in zip(reqs, live)):
-            return torch.argmax(logits, dim=-1)  # the common fast path: no per-row tensors to build
+            return argmax_rows(logits)  # the common fast path: no per-row tensors to build
         work = logits
         batch = SamplingBatch.from_reqs(reqs, logits.shape[-1], logits.device, live)
         constrained = [r if alive else None for r, alive in zip(reqs, live)]
