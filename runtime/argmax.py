@@ -6,8 +6,9 @@ batch-1 decode step (`profile_gpu.py --sections kernels`), against the ~4 µs th
 the row. Here each row is cut into chunks that separate programs reduce, and then one program per
 row picks among its chunks. Two launches of a few µs each.
 
-The answer is torch's: the first index of the largest value. A NaN ranks above every number, as in
-torch, but here it ties with +inf (torch would take the first NaN even after a +inf).
+The answer is torch's: the first index of the largest value, where a NaN ranks above every number
+and -0.0 equals +0.0. The kernels compare int32 keys that order as the floats do, which states those
+rules once and makes every comparison exact.
 """
 
 from __future__ import annotations
@@ -22,6 +23,19 @@ from runtime.pdl import enter_small_kernel
 CHUNK = 4096  # logits a program reduces: a 128k vocabulary is 32 programs a row
 
 
+INT32_MIN = tl.constexpr(-2147483648)  # the masked chunks of stage 2: below every key
+
+
+@triton.jit
+def _order_key(x):
+    """float32 → int32 that orders as torch.argmax compares: -0.0 as +0.0, NaN above +inf. Sign and
+    magnitude bits to two's complement: a negative float's other bits count down as it grows."""
+    x = tl.where(x == 0.0, 0.0, x)  # -0.0 == 0.0: one key for both
+    bits = x.to(tl.int32, bitcast=True)
+    key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return tl.where(x != x, 0x7FFFFFFF, key)
+
+
 @triton.jit
 def _chunk_argmax_kernel(logits_ptr, best_ptr, at_ptr, n_cols, stride_row, num_chunks,
                          BLOCK: tl.constexpr, PDL: tl.constexpr):
@@ -30,9 +44,9 @@ def _chunk_argmax_kernel(logits_ptr, best_ptr, at_ptr, n_cols, stride_row, num_c
     chunk = tl.program_id(1)
     cols = chunk * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(logits_ptr + row * stride_row + cols, mask=cols < n_cols, other=float("-inf"))
-    x = tl.where(x != x, float("inf"), x)  # NaN ranks highest
-    at = tl.argmax(x, axis=0, tie_break_left=True)  # a chunk's first column is always a real one
-    tl.store(best_ptr + row * num_chunks + chunk, tl.max(x, axis=0))
+    key = _order_key(x)
+    at = tl.argmax(key, axis=0, tie_break_left=True)  # a chunk's first column is always a real one
+    tl.store(best_ptr + row * num_chunks + chunk, tl.max(key, axis=0))
     tl.store(at_ptr + row * num_chunks + chunk, chunk * BLOCK + at)
 
 
@@ -41,9 +55,15 @@ def _pick_chunk_kernel(best_ptr, at_ptr, out_ptr, num_chunks, BLOCK_S: tl.conste
     enter_small_kernel(PDL)  # see runtime/pdl.py
     row = tl.program_id(0).to(tl.int64)
     chunks = tl.arange(0, BLOCK_S)
-    best = tl.load(best_ptr + row * num_chunks + chunks, mask=chunks < num_chunks, other=float("-inf"))
+    best = tl.load(best_ptr + row * num_chunks + chunks, mask=chunks < num_chunks, other=INT32_MIN)
     first = tl.argmax(best, axis=0, tie_break_left=True)  # earlier chunks hold earlier columns
     tl.store(out_ptr + row, tl.load(at_ptr + row * num_chunks + first).to(tl.int64))
+
+
+def warm_up(vocab_size: int, device: torch.device) -> None:
+    """Compile both kernels at start-up, in the specialisation steps use (a float32 row of the
+    vocabulary at offset 0), so the first greedy request does not wait for them."""
+    chunked_argmax(torch.zeros(1, vocab_size, dtype=torch.float32, device=device))
 
 
 def chunked_argmax(logits: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
@@ -51,7 +71,7 @@ def chunked_argmax(logits: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
     rows, cols = logits.shape
     assert logits.dtype == torch.float32 and logits.stride(-1) == 1 and cols > 0
     num_chunks = triton.cdiv(cols, chunk)
-    best = torch.empty(rows, num_chunks, dtype=torch.float32, device=logits.device)
+    best = torch.empty(rows, num_chunks, dtype=torch.int32, device=logits.device)  # order keys
     at = torch.empty(rows, num_chunks, dtype=torch.int32, device=logits.device)
     out = torch.empty(rows, dtype=torch.int64, device=logits.device)
     if rows:

@@ -111,7 +111,10 @@ class ModelRunner:
             self.max_running_requests + _SPARE_ROWS, self.context_len + 1, self.device
         )
         if self.device.type == "cuda":  # compile now what a later step would otherwise wait for
+            from runtime import argmax
+
             self.attn_backend.warm_up(self.model.attention_layer, self.dtype, self.kv_dtype, self.device)
+            argmax.warm_up(self.vocab_size, self.device)
         self.matmul_routes = self._choose_matmul_routes()
         self.cuda_graph = self._maybe_capture_cuda_graphs()
         logger.info(

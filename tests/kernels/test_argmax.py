@@ -35,11 +35,17 @@ def test_ties_go_to_the_first_index_within_and_across_chunks():
     assert chunked_argmax(logits, chunk=16).tolist() == [5, 20, 47, 0] == torch.argmax(logits, dim=-1).tolist()
 
 
-def test_a_nan_ranks_above_every_number_as_in_torch():
-    logits = torch.randn(2, 50, generator=torch.Generator().manual_seed(1))
+def test_nan_ranks_above_inf_and_signed_zeros_tie_as_in_torch():
+    logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(1))
     logits[0, 33] = float("nan")
     logits[1, [3, 30]] = float("inf")
-    assert chunked_argmax(logits, chunk=16).tolist() == [33, 3] == torch.argmax(logits, dim=-1).tolist()
+    logits[2, 3], logits[2, 30] = float("inf"), float("nan")  # a NaN after a +inf still wins
+    logits[3] = -1.0
+    logits[3, [7, 20]] = torch.tensor([-0.0, 0.0])  # equal: the first
+    logits[4] = float("-inf")
+    logits[4, 40] = -3e38  # the only finite value, in the last chunk
+    want = torch.argmax(logits, dim=-1).tolist()
+    assert chunked_argmax(logits, chunk=16).tolist() == [33, 3, 30, 7, 40] == want
 
 
 def test_rows_on_the_cpu_take_torchs_argmax():
