@@ -30,8 +30,9 @@ def _kind(name: str) -> str:
     return "other"
 
 
-def _profiled_seconds(fn) -> dict:
-    """Runs fn under the CUDA profiler: wall seconds, GPU busy seconds by kernel kind, top kernels."""
+def _profiled_seconds(fn, digits: int = 2) -> dict:
+    """Runs fn under the CUDA profiler: wall seconds, GPU busy seconds by kernel kind, top kernels,
+    rounded to `digits` decimals (a batch-1 run, divided per step later, needs µs: digits=6)."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
@@ -46,11 +47,11 @@ def _profiled_seconds(fn) -> dict:
         total = (getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)) / 1e6
         if total:
             kinds[_kind(e.key)] = kinds.get(_kind(e.key), 0.0) + total
-            top.append((e.key[:70], round(total, 3), e.count))
+            top.append((e.key[:70], round(total, digits + 1), e.count))
     top.sort(key=lambda r: -r[1])
     busy = sum(kinds.values())
-    return dict(wall_s=round(wall, 2), gpu_busy_s=round(busy, 2), gpu_idle_s=round(wall - busy, 2),
-                by_kind_s={k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}, top=top[:15],
+    return dict(wall_s=round(wall, digits), gpu_busy_s=round(busy, digits), gpu_idle_s=round(wall - busy, digits),
+                by_kind_s={k: round(v, digits) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}, top=top[:15],
                 idle_gaps=_idle_gaps(prof))
 
 
@@ -122,7 +123,7 @@ def batch1_ledger(steps: int = 128, context: int = 1024) -> dict:
         engine.generate(input_ids=ids, sampling_params=params)  # fills the radix cache
         engine.generate(input_ids=ids, sampling_params={**params, "max_new_tokens": 16})  # warm
         result = _profiled_seconds(
-            lambda: engine.generate(input_ids=ids, sampling_params={**params, "max_new_tokens": steps + 1}))
+            lambda: engine.generate(input_ids=ids, sampling_params={**params, "max_new_tokens": steps + 1}), digits=6)
         engine.check_integrity()
         engine.shutdown()
     finally:
