@@ -52,10 +52,10 @@ def _profiled_seconds(fn, digits: int = 2) -> dict:
     busy = sum(kinds.values())
     return dict(wall_s=round(wall, digits), gpu_busy_s=round(busy, digits), gpu_idle_s=round(wall - busy, digits),
                 by_kind_s={k: round(v, digits) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}, top=top[:15],
-                idle_gaps=_idle_gaps(prof))
+                idle_gaps=_idle_gaps(prof, digits=digits + 1))
 
 
-def _idle_gaps(prof, largest: int = 12) -> dict | str:
+def _idle_gaps(prof, largest: int = 12, digits: int = 3) -> dict | str:
     """Where the GPU waits: the gaps between consecutive kernels (by time, overlaps merged), their
     total by size, and the largest ones with the kernels on either side and when they happened."""
     from torch.autograd import DeviceType
@@ -74,9 +74,9 @@ def _idle_gaps(prof, largest: int = 12) -> dict | str:
         if stop > end:
             end, before = stop, name
     first = spans[0][0]
-    by_size = {f">={t}us": round(sum(g for g, *_ in gaps if g >= t) / 1e6, 3) for t in (10, 100, 1000, 10000)}
+    by_size = {f">={t}us": round(sum(g for g, *_ in gaps if g >= t) / 1e6, digits) for t in (1, 10, 100, 1000, 10000)}
     gaps.sort(key=lambda g: -g[0])
-    return dict(total_s=round(sum(g for g, *_ in gaps) / 1e6, 3), count=len(gaps), seconds_in_gaps_of=by_size,
+    return dict(total_s=round(sum(g for g, *_ in gaps) / 1e6, digits), count=len(gaps), seconds_in_gaps_of=by_size,
                 largest=[(round(g), round((at - first) / 1e6, 3), prev[:40], nxt[:40]) for g, at, prev, nxt in gaps[:largest]])
 
 
