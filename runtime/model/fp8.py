@@ -29,7 +29,7 @@ import triton.language as tl
 
 from runtime import pdl
 from runtime.pdl import enter_small_kernel
-from runtime.triton_interpreter import E4M3, exact_rounding, round_to_fp8
+from runtime.triton_interpreter import E4M3, exact_bf16, exact_rounding, round_to_bf16, round_to_fp8
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite e4m3fn value
@@ -59,29 +59,44 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @triton.jit
+def _row_values(x_ptr, row_start, cols, n_cols, SILU_MUL: tl.constexpr, EXACT_BF16: tl.constexpr):
+    """float32 values of one row's columns `cols`: x itself, or with SILU_MUL (x = gate | up, n_cols
+    each) silu(gate) * up rounded exactly as fused.silu_and_mul rounds it (to the model dtype twice)."""
+    mask = cols < n_cols
+    if SILU_MUL:
+        gate = tl.load(x_ptr + row_start + cols, mask=mask, other=0.0)
+        up = tl.load(x_ptr + row_start + n_cols + cols, mask=mask, other=0.0)
+        g = gate.to(tl.float32)
+        act = round_to_bf16(g / (1.0 + tl.exp(-g)), EXACT_BF16).to(gate.dtype)
+        return round_to_bf16(act.to(tl.float32) * up.to(tl.float32), EXACT_BF16).to(gate.dtype).to(tl.float32)
+    return tl.load(x_ptr + row_start + cols, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, n_cols, stride_x, stride_o, min_scale,
                           FP8_MAX: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
-                          EXACT: tl.constexpr, MANT_BITS: tl.constexpr, MIN_EXP: tl.constexpr):
+                          EXACT: tl.constexpr, MANT_BITS: tl.constexpr, MIN_EXP: tl.constexpr,
+                          SILU_MUL: tl.constexpr, EXACT_BF16: tl.constexpr):
     # One program per row, two sweeps: the row's amax, then the scaled cast. The second sweep reads
     # what the first just brought into L1/L2, so HBM sees the row once. The arithmetic is IEEE
     # (div_rn, a multiply by the reciprocal, a round-to-nearest-even cast), as on the torch path.
+    # With SILU_MUL the row is gate | up and its values silu(gate) * up (see _row_values): the
+    # down projection's input never goes to memory in the model dtype.
     enter_small_kernel(PDL)  # see runtime/pdl.py
     row = tl.program_id(0)
     amax = tl.zeros((BLOCK,), dtype=tl.float32)
     for start in range(0, n_cols, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        x = tl.load(x_ptr + row * stride_x + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+        x = _row_values(x_ptr, row * stride_x, start + tl.arange(0, BLOCK), n_cols, SILU_MUL, EXACT_BF16)
         amax = tl.maximum(amax, tl.abs(x))
     scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX), min_scale)
     inverse = tl.math.div_rn(1.0, scale)
     tl.store(scale_ptr + row, scale)
     for start in range(0, n_cols, BLOCK):
         cols = start + tl.arange(0, BLOCK)
-        mask = cols < n_cols
-        x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        x = _row_values(x_ptr, row * stride_x, cols, n_cols, SILU_MUL, EXACT_BF16)
         # EXACT: see runtime/triton_interpreter.py
         q = round_to_fp8(tl.clamp(x * inverse, -FP8_MAX, FP8_MAX), EXACT, MANT_BITS, MIN_EXP)
-        tl.store(out_ptr + row * stride_o + cols, q.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + row * stride_o + cols, q.to(out_ptr.dtype.element_ty), mask=cols < n_cols)
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,14 +106,27 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not x.is_cuda:
         scale = _scales(x.abs().amax(dim=1, keepdim=True).float())
         return (x.float() * (1.0 / scale)).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
-    rows, cols = x.shape
+    return _launch_quantize(x, x.shape[1], silu_mul=False)
+
+
+def silu_mul_quantize_rows(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_rows(silu_and_mul(gate_up)) in one kernel, bit for bit: gate_up [M, 2I] (gate
+    columns first, unit column stride) → (e4m3 [M, I], float32 scale [M, 1]). A Triton device only
+    (the GPU, or the CPU under the interpreter)."""
+    assert gate_up.stride(-1) == 1 and gate_up.shape[1] % 2 == 0
+    return _launch_quantize(gate_up, gate_up.shape[1] // 2, silu_mul=True)
+
+
+def _launch_quantize(x: torch.Tensor, cols: int, silu_mul: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = x.shape[0]
     out = torch.empty((rows, cols), dtype=FP8, device=x.device)
     scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
     if rows:
         _quantize_rows_kernel[(rows,)](
             x, out, scale, cols, x.stride(0), out.stride(0), MIN_SCALE, FP8_MAX=FP8_MAX,
             BLOCK=min(4096, triton.next_power_of_2(cols)), num_warps=8 if cols >= 4096 else 4,
-            EXACT=exact_rounding(), **E4M3, **pdl.launch_args(x.device),
+            EXACT=exact_rounding(), **E4M3, SILU_MUL=silu_mul, EXACT_BF16=exact_bf16(x.dtype),
+            **pdl.launch_args(x.device),
         )
     return out, scale
 
@@ -108,13 +136,20 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     if x.shape[0] == 0:
         return x.new_empty((0, weight.shape[0]))
     xq, x_scale = quantize_rows(x)
-    if not x.is_cuda:
+    return scaled_product(xq, x_scale, weight, weight_scale, x.dtype)
+
+
+def scaled_product(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                   out_dtype: torch.dtype) -> torch.Tensor:
+    """e4m3 rows [M, K] with their [M, 1] scales times an fp8 weight [N, K] with its [1, N] scales →
+    [M, N] in out_dtype."""
+    if not xq.is_cuda:
         # The same product in float64, rounded once to x's dtype. CPU matmuls in float32 (and torch's
         # CPU _scaled_mm) sum a row in a different order at different M, which would make a request's
         # tokens depend on its batch; float64 sums differ far below what the final rounding keeps.
         x64 = xq.double() * x_scale.double()
-        return torch.nn.functional.linear(x64, weight.double() * weight_scale.double().reshape(-1, 1)).to(x.dtype)
-    return torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale, out_dtype=x.dtype)
+        return torch.nn.functional.linear(x64, weight.double() * weight_scale.double().reshape(-1, 1)).to(out_dtype)
+    return torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale, out_dtype=out_dtype)
 
 
 def dequantize_blocks(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:

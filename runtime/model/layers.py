@@ -150,6 +150,14 @@ class Linear(nn.Module):
         return self.add_bias(vector_matmul(gate_up, self.weight, self.vector_config, silu_mul=True,
                                            weight_scale=self.weight_scale))
 
+    def forward_fp8_rows(self, xq: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """self(x) for an fp8 layer, given x already rounded to e4m3 rows [M, K] with [M, 1] scales."""
+        from runtime.model.fp8 import scaled_product
+
+        if xq.shape[0] == 0:
+            return torch.empty(0, self.output_size, dtype=out_dtype, device=xq.device)
+        return self.add_bias(scaled_product(xq, x_scale, self.weight, self.weight_scale, out_dtype))
+
     def add_bias(self, y: torch.Tensor) -> torch.Tensor:
         return y if self.bias is None else y + self.bias
 
@@ -239,4 +247,8 @@ class GatedMLP(nn.Module):
         """down(silu(gate) * up) from the gate_up projection's output [T, 2I]."""
         if self.down_proj.takes_one_row(gate_up):  # silu·mul inside the down projection's kernel
             return self.down_proj.forward_silu_mul(gate_up)
+        if self.down_proj.weight_scale is not None and fused_kernels(gate_up) is not None and gate_up.dim() == 2:
+            from runtime.model.fp8 import silu_mul_quantize_rows  # fp8: silu·mul inside the input's rounding
+
+            return self.down_proj.forward_fp8_rows(*silu_mul_quantize_rows(gate_up), gate_up.dtype)
         return self.down_proj(silu_and_mul(gate_up))  # [T, hidden]

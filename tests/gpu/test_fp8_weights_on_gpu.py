@@ -1,5 +1,6 @@
 """On a CUDA machine of compute capability 8.9+ (skipped elsewhere): fp8 weights (quantization="fp8"
-and fp8 checkpoints). The row quantiser against torch's cast, the vector kernel and torch._scaled_mm
+and fp8 checkpoints). The row quantiser against torch's cast (and fused with silu·mul against the
+two kernels), the vector kernel and torch._scaled_mm
 at the Llama-3-8B shapes against the product of the dequantised operands, the engine with CUDA graphs
 against itself without them, and an fp8 checkpoint against quantising its bf16 original."""
 
@@ -56,6 +57,19 @@ def test_fp8_products_match_the_dequantized_operands_at_model_shapes(name):
         assert _rel(vector_matmul(x[:1], wq, config, weight_scale=ws), row) < 5e-3
         silu_row = (aq.float() * a_s) @ w_deq.t()
         assert _rel(vector_matmul(gate_up, wq, config, silu_mul=True, weight_scale=ws), silu_row) < 5e-3
+
+
+@pytest.mark.parametrize("rows", [1, 37, 8192])
+def test_silu_mul_quantiser_is_silu_and_mul_then_the_row_quantiser_on_the_gpu(rows):
+    """The fp8 down projection's input in one kernel: the same bytes and scales as the fused
+    silu_and_mul kernel followed by the row quantiser, at the 8B intermediate size."""
+    from runtime.model import fp8, fused
+
+    gate_up = torch.randn(rows, 2 * 14336, device="cuda", dtype=torch.bfloat16) * 3
+    want_q, want_scale = fp8.quantize_rows(fused.silu_and_mul(gate_up))
+    q, scale = fp8.silu_mul_quantize_rows(gate_up)
+    assert torch.equal(scale, want_scale)
+    assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8))
 
 
 def test_norm_input_on_fp8_weights_takes_the_same_operands_as_the_unfused_path():

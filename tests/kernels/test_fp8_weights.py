@@ -62,7 +62,8 @@ def test_row_quantiser_kernel_matches_torch_on_exact_rows():
     out = torch.empty(3, 5000, dtype=fp8.FP8)
     scale = torch.empty(3, 1)
     fp8._quantize_rows_kernel[(3,)](x, out, scale, 5000, x.stride(0), out.stride(0), fp8.MIN_SCALE,
-                                    FP8_MAX=fp8.FP8_MAX, BLOCK=1024, PDL=False, EXACT=False, MANT_BITS=3, MIN_EXP=-6)
+                                    FP8_MAX=fp8.FP8_MAX, BLOCK=1024, PDL=False, EXACT=False, MANT_BITS=3, MIN_EXP=-6,
+                                    SILU_MUL=False, EXACT_BF16=False)
     want_q, want_scale = fp8.quantize_rows(x)  # the CPU path
     torch.testing.assert_close(scale, want_scale)
     torch.testing.assert_close(scale, row_scale, rtol=1e-6, atol=0)
@@ -87,12 +88,51 @@ def test_interpreter_rounding_matches_torch_cast(dtype, mant_bits, min_exp):
     assert torch.equal(out, x.to(dtype).float())  # round to nearest, ties to even, subnormals too
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_silu_mul_quantiser_takes_the_operands_silu_and_mul_then_quantising_gives(dtype):
+    """One kernel for the fp8 down projection's input: silu(gate) * up rounded as silu_and_mul
+    rounds it (to the model dtype, twice), then the row quantiser, without the product in memory.
+    The reference does the arithmetic the interpreter does (numpy float32 exp), in torch."""
+    import numpy as np
+
+    gate_up = (_rand(4, 2 * 2500, seed=21) * torch.tensor([[0.3], [2.0], [9.0], [0.0]])).to(dtype)
+    gate, up = gate_up.float().chunk(2, dim=-1)
+    g = gate.numpy()
+    act = torch.from_numpy(g / (np.float32(1.0) + np.exp(-g))).to(dtype).float()
+    product = (act * up).to(dtype)
+    want_q, want_scale = fp8.quantize_rows(product)
+    q, scale = fp8.silu_mul_quantize_rows(gate_up)
+    assert torch.equal(scale, want_scale)
+    assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8))
+
+
+def test_fp8_mlp_takes_the_fused_input_on_a_triton_device(monkeypatch):
+    """GatedMLP.down on fp8 weights hands the product the fused kernel's rows where the fused
+    kernels run (faked here on the CPU), and the result is the unfused path's."""
+    from runtime.model import layers
+
+    mlp = GatedMLP(32, 48)
+    for p in mlp.parameters():
+        p.data = _rand(*p.shape, seed=p.numel()).to(torch.bfloat16) * 0.2
+    fp8.quantize_model(mlp)
+    gate_up = _rand(3, 96, seed=5).to(torch.bfloat16)
+    unfused = mlp.down(gate_up)
+    calls = []
+    real = fp8.silu_mul_quantize_rows
+    monkeypatch.setattr(layers, "fused_kernels", lambda x: fp8)  # anything not None: "the kernels run"
+    monkeypatch.setattr(fp8, "silu_mul_quantize_rows", lambda x: calls.append(x.shape) or real(x))
+    fused = mlp.down(gate_up)
+    assert calls == [(3, 96)]
+    torch.testing.assert_close(fused, unfused, rtol=0, atol=0)
+
+
 def test_quantiser_kernel_matches_torch_on_random_rows():
     x = _rand(5, 3000, seed=12) * torch.tensor([[1e-3], [1.0], [50.0], [0.0], [7.0]])
     out = torch.empty(5, 3000, dtype=fp8.FP8)
     scale = torch.empty(5, 1)
     fp8._quantize_rows_kernel[(5,)](x, out, scale, 3000, x.stride(0), out.stride(0), fp8.MIN_SCALE,
-                                    FP8_MAX=fp8.FP8_MAX, BLOCK=1024, PDL=False, EXACT=True, MANT_BITS=3, MIN_EXP=-6)
+                                    FP8_MAX=fp8.FP8_MAX, BLOCK=1024, PDL=False, EXACT=True, MANT_BITS=3, MIN_EXP=-6,
+                                    SILU_MUL=False, EXACT_BF16=False)
     want_q, want_scale = fp8.quantize_rows(x)  # the CPU path
     assert torch.equal(scale, want_scale)
     assert torch.equal(out.view(torch.uint8), want_q.view(torch.uint8))
