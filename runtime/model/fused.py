@@ -15,11 +15,17 @@ import triton.language as tl
 
 from runtime import pdl
 from runtime.pdl import enter_small_kernel
+from runtime.triton_interpreter import E4M3, exact_rounding, round_to_fp8
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, stride_x, stride_r, stride_o, eps,
-                     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, scale_ptr, n_cols, stride_x, stride_r, stride_o, eps,
+                     min_scale, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+                     QUANTIZE: tl.constexpr, FP8_MAX: tl.constexpr, EXACT: tl.constexpr, MANT_BITS: tl.constexpr,
+                     MIN_EXP: tl.constexpr):
+    # With QUANTIZE the normed row, rounded to the model dtype as it would be stored, goes straight
+    # through fp8.quantize_rows' arithmetic (amax, div_rn scale, the reciprocal, the e4m3 cast): an
+    # fp8 projection's input, with no bf16 copy of it in memory.
     enter_small_kernel(PDL)  # see runtime/pdl.py
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
@@ -32,22 +38,48 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, stride
     variance = tl.sum(xf * xf, axis=0) / n_cols
     normed = (xf * tl.rsqrt(variance + eps)).to(x.dtype)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0)
-    tl.store(out_ptr + row * stride_o + cols, (w.to(tl.float32) * normed.to(tl.float32)).to(x.dtype), mask=mask)
+    y = (w.to(tl.float32) * normed.to(tl.float32)).to(x.dtype)
+    if QUANTIZE:
+        yf = tl.where(mask, y.to(tl.float32), 0.0)
+        scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(yf), axis=0), FP8_MAX), min_scale)
+        tl.store(scale_ptr + row, scale)
+        q = round_to_fp8(tl.clamp(yf * tl.math.div_rn(1.0, scale), -FP8_MAX, FP8_MAX), EXACT, MANT_BITS, MIN_EXP)
+        tl.store(out_ptr + row * stride_o + cols, q.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(out_ptr + row * stride_o + cols, y, mask=mask)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
     """x [T, N] → rms_norm(x) (and with `residual`: (rms_norm(x + residual), x + residual))."""
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    res_out = _launch_rms_norm(x, weight, eps, residual, out, None)
+    return (out, res_out) if residual is not None else out
+
+
+def rms_norm_fp8(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """fp8.quantize_rows(rms_norm(x (+ residual))) in one kernel, bit for bit: x [T, N] → (e4m3
+    [T, N], float32 scales [T, 1], the residual stream: x + residual, or x without a residual)."""
+    from runtime.model import fp8
+
+    out = torch.empty(x.shape, dtype=fp8.FP8, device=x.device)
+    scale = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
+    res_out = _launch_rms_norm(x, weight, eps, residual, out, scale)
+    return out, scale, (res_out if residual is not None else x)
+
+
+def _launch_rms_norm(x, weight, eps, residual, out, scale) -> torch.Tensor:
+    from runtime.model import fp8
+
     rows, cols = x.shape
-    out = torch.empty((rows, cols), dtype=x.dtype, device=x.device)
-    res_out = torch.empty_like(out) if residual is not None else out
+    res_out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else out
     if rows:
         _rms_norm_kernel[(rows,)](
-            x, residual if residual is not None else x, weight, out, res_out, cols, x.stride(0),
-            residual.stride(0) if residual is not None else 0, out.stride(0), eps,
+            x, residual if residual is not None else x, weight, out, res_out, scale if scale is not None else x,
+            cols, x.stride(0), residual.stride(0) if residual is not None else 0, out.stride(0), eps, fp8.MIN_SCALE,
             HAS_RESIDUAL=residual is not None, BLOCK=triton.next_power_of_2(cols), num_warps=8 if cols >= 2048 else 4,
-            **pdl.launch_args(x.device),
+            QUANTIZE=scale is not None, FP8_MAX=fp8.FP8_MAX, EXACT=exact_rounding(), **E4M3, **pdl.launch_args(x.device),
         )
-    return (out, res_out) if residual is not None else out
+    return res_out
 
 
 @triton.jit

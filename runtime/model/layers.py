@@ -182,13 +182,19 @@ def norm_then_linear(
     norm: RMSNorm, linear: Linear, x: torch.Tensor, residual: Optional[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The pre-norm in front of a projection: (linear(norm(x + residual)), x + residual), or without a
-    residual (the first layer) (linear(norm(x)), x). One kernel where the vector kernel takes x."""
+    residual (the first layer) (linear(norm(x)), x). One kernel where the vector kernel takes x; for
+    fp8 layers on the GPU the norm's kernel also rounds the rows to e4m3."""
     if linear.takes_one_row(x) and (residual is None or residual.stride(-1) == 1):
         from runtime.model.matvec import vector_matmul
 
         y, residual = vector_matmul(x, linear.weight, linear.vector_config, norm_weight=norm.weight, eps=norm.eps,
                                     residual=residual, weight_scale=linear.weight_scale)
         return linear.add_bias(y), residual
+    rows_ok = x.dim() == 2 and x.stride(-1) == 1 and (residual is None or residual.stride(-1) == 1)
+    fused = fused_kernels(x) if linear.weight_scale is not None and rows_ok else None
+    if fused is not None:  # fp8: the norm's kernel rounds its rows to e4m3 for the product itself
+        xq, x_scale, residual = fused.rms_norm_fp8(x, norm.weight, norm.eps, residual)
+        return linear.forward_fp8_rows(xq, x_scale, x.dtype), residual
     if residual is None:
         return linear(norm(x)), x
     normed, residual = norm.forward_with_residual(x, residual)

@@ -126,6 +126,48 @@ def test_fp8_mlp_takes_the_fused_input_on_a_triton_device(monkeypatch):
     torch.testing.assert_close(fused, unfused, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_norm_quantiser_is_the_norm_kernel_then_the_row_quantiser(with_residual):
+    """An fp8 projection's input after a norm, in the norm's kernel: the same e4m3 rows and scales
+    as the norm kernel's output quantised, and the same residual stream. In float16: the interpreter
+    adds bfloat16 tensors wrongly (the GPU test covers bfloat16)."""
+    from runtime.model import fused
+
+    x = _rand(5, 300, seed=31).to(torch.float16) * 2
+    residual = _rand(5, 300, seed=32).to(torch.float16) if with_residual else None
+    weight = (_rand(300, seed=33) * 0.5 + 1).to(torch.float16)
+    if with_residual:
+        normed, want_residual = fused.rms_norm(x, weight, 1e-5, residual=residual)
+    else:
+        normed, want_residual = fused.rms_norm(x, weight, 1e-5), x
+    want_q, want_scale = fp8.quantize_rows(normed)
+    q, scale, stream = fused.rms_norm_fp8(x, weight, 1e-5, residual)
+    assert torch.equal(scale, want_scale)
+    assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8))
+    assert torch.equal(stream, want_residual)
+
+
+def test_fp8_projection_after_a_norm_takes_the_norm_kernels_rows(monkeypatch):
+    """norm_then_linear on an fp8 layer where the fused kernels run (here under the interpreter)
+    hands the product the norm kernel's e4m3 rows: near the plain path's result."""
+    from runtime.model import fused, layers
+
+    dtype = torch.float16  # see the test above
+    norm, linear = RMSNorm(64, 1e-5), Linear(64, 48)
+    norm.weight.data = (_rand(64, seed=1) * 0.3 + 1).to(dtype)
+    linear.weight.data = (_rand(48, 64, seed=2) * 0.1).to(dtype)
+    fp8.quantize_model(torch.nn.Sequential(linear))
+    x, residual = _rand(4, 64, seed=3).to(dtype), _rand(4, 64, seed=4).to(dtype)
+    plain, plain_stream = norm_then_linear(norm, linear, x, residual)
+    calls, real = [], fused.rms_norm_fp8
+    monkeypatch.setattr(layers, "fused_kernels", lambda t: fused)
+    monkeypatch.setattr(fused, "rms_norm_fp8", lambda *a: calls.append(tuple(a[0].shape)) or real(*a))
+    y, stream = norm_then_linear(norm, linear, x, residual)
+    assert calls == [(4, 64)]
+    assert torch.equal(stream, plain_stream)
+    torch.testing.assert_close(y.float(), plain.float(), rtol=0.05, atol=0.05)
+
+
 def test_quantiser_kernel_matches_torch_on_random_rows():
     x = _rand(5, 3000, seed=12) * torch.tensor([[1e-3], [1.0], [50.0], [0.0], [7.0]])
     out = torch.empty(5, 3000, dtype=fp8.FP8)
