@@ -107,17 +107,22 @@ def time_projection(kind, weight: torch.Tensor, m: int, weight_scale: torch.Tens
         return silu_and_mul(x) if fused_input == SILU_MUL_INPUT else x
 
     if kind == "cublas" and weight_scale is not None:
-        from runtime.model.fp8 import fp8_linear
+        from runtime.model import fp8, fused
 
-        calls = [lambda w=w: fp8_linear(cublas_input(), w, weight_scale) for w in weights]
+        def fp8_rows():  # as layers.py feeds an fp8 layer: the kernel before the product rounds the rows
+            if fused_input == NORM_INPUT:
+                return fused.rms_norm_fp8(x, norm_weight, 1e-6, residual)[:2]
+            return fp8.silu_mul_quantize_rows(x) if fused_input == SILU_MUL_INPUT else fp8.quantize_rows(x)
+
+        calls = [lambda w=w: fp8.scaled_product(*fp8_rows(), w, weight_scale, dtype) for w in weights]
     elif kind == "cublas":
         calls = [lambda w=w: F.linear(cublas_input(), w) for w in weights]
     elif kind == "skinny":
         calls = [lambda w=w: skinny_matmul(x, w) for w in weights]  # its default shape, as Linear runs it
     else:
-        fused = ({"norm_weight": norm_weight, "residual": residual} if fused_input == NORM_INPUT
-                 else {"silu_mul": fused_input == SILU_MUL_INPUT})
-        calls = [lambda w=w: vector_matmul(x, w, kind, weight_scale=weight_scale, **fused) for w in weights]
+        inputs = ({"norm_weight": norm_weight, "residual": residual} if fused_input == NORM_INPUT
+                  else {"silu_mul": fused_input == SILU_MUL_INPUT})
+        calls = [lambda w=w: vector_matmul(x, w, kind, weight_scale=weight_scale, **inputs) for w in weights]
 
     def run_all():
         for call in calls:
