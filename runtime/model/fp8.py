@@ -144,7 +144,7 @@ def scaled_product(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor
     """e4m3 rows [M, K] with their [M, 1] scales times an fp8 weight [N, K] with its [1, N] scales →
     [M, N] in out_dtype."""
     if not xq.is_cuda:
-        # The same product in float64, rounded once to x's dtype. CPU matmuls in float32 (and torch's
+        # The same product in float64, rounded once to out_dtype. CPU matmuls in float32 (and torch's
         # CPU _scaled_mm) sum a row in a different order at different M, which would make a request's
         # tokens depend on its batch; float64 sums differ far below what the final rounding keeps.
         x64 = xq.double() * x_scale.double()

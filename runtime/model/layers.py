@@ -253,7 +253,8 @@ class GatedMLP(nn.Module):
         """down(silu(gate) * up) from the gate_up projection's output [T, 2I]."""
         if self.down_proj.takes_one_row(gate_up):  # silu·mul inside the down projection's kernel
             return self.down_proj.forward_silu_mul(gate_up)
-        if self.down_proj.weight_scale is not None and fused_kernels(gate_up) is not None and gate_up.dim() == 2:
+        fp8_rows = gate_up.dim() == 2 and gate_up.stride(-1) == 1 and self.down_proj.weight_scale is not None
+        if fp8_rows and fused_kernels(gate_up) is not None:
             from runtime.model.fp8 import silu_mul_quantize_rows  # fp8: silu·mul inside the input's rounding
 
             return self.down_proj.forward_fp8_rows(*silu_mul_quantize_rows(gate_up), gate_up.dtype)
