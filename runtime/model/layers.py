@@ -62,6 +62,49 @@ def _self_check(device: torch.device) -> bool:
     return bool(ok)
 
 
+_FP8_INPUT_STATE = {"checked": False, "ok": False}
+
+
+def fp8_input_kernels(x: torch.Tensor):
+    """The Triton module where its kernels that round an fp8 projection's input themselves
+    (`rms_norm_fp8`, fp8.silu_mul_quantize_rows) may run, else None (the norm or silu·mul kernel,
+    then the row quantiser). They must give those two kernels' bytes exactly: checked once per process
+    on first use, like fused_kernels, and switched off with a warning if they do not."""
+    fused = fused_kernels(x)
+    if fused is None:
+        return None
+    if not _FP8_INPUT_STATE["checked"]:
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+            return None  # a check syncs with the host: not inside a CUDA-graph capture (the plain path is exact too)
+        _FP8_INPUT_STATE["checked"] = True
+        _FP8_INPUT_STATE["ok"] = _fp8_input_check(x.device, x.dtype)
+    return fused if _FP8_INPUT_STATE["ok"] else None
+
+
+def _fp8_input_check(device: torch.device, dtype: torch.dtype) -> bool:
+    import logging
+
+    from runtime.model import fp8, fused
+
+    try:
+        gen = torch.Generator(device=device).manual_seed(0)
+        x, r, gate_up = (torch.randn(3, n, device=device, generator=gen).to(dtype) for n in (256, 256, 512))
+        w = (torch.rand(256, device=device, generator=gen) + 0.5).to(dtype)
+        q, scale, summed = fused.rms_norm_fp8(x, w, 1e-5, r)
+        want_q, want_scale = fp8.quantize_rows(fused.rms_norm(x, w, 1e-5, residual=r)[0])
+        ok = torch.equal(q.view(torch.uint8), want_q.view(torch.uint8)) and torch.equal(scale, want_scale)
+        q, scale = fp8.silu_mul_quantize_rows(gate_up)
+        want_q, want_scale = fp8.quantize_rows(fused.silu_and_mul(gate_up))
+        ok = ok and torch.equal(q.view(torch.uint8), want_q.view(torch.uint8)) and torch.equal(scale, want_scale)
+    except Exception:  # a kernel that does not build here: the two-kernel path
+        logging.getLogger(__name__).warning("fused fp8 input kernels unavailable; using the two-kernel path",
+                                            exc_info=True)
+        return False
+    if not ok:
+        logging.getLogger(__name__).warning("fused fp8 input kernels disagree with the two-kernel path; not using them")
+    return bool(ok)
+
+
 def _torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x_float = x.float()
     return weight * (x_float * torch.rsqrt(x_float.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
@@ -191,7 +234,7 @@ def norm_then_linear(
                                     residual=residual, weight_scale=linear.weight_scale)
         return linear.add_bias(y), residual
     rows_ok = x.dim() == 2 and x.stride(-1) == 1 and (residual is None or residual.stride(-1) == 1)
-    fused = fused_kernels(x) if linear.weight_scale is not None and rows_ok else None
+    fused = fp8_input_kernels(x) if linear.weight_scale is not None and rows_ok else None
     if fused is not None:  # fp8: the norm's kernel rounds its rows to e4m3 for the product itself
         xq, x_scale, residual = fused.rms_norm_fp8(x, norm.weight, norm.eps, residual)
         return linear.forward_fp8_rows(xq, x_scale, x.dtype), residual
@@ -254,7 +297,7 @@ class GatedMLP(nn.Module):
         if self.down_proj.takes_one_row(gate_up):  # silu·mul inside the down projection's kernel
             return self.down_proj.forward_silu_mul(gate_up)
         fp8_rows = gate_up.dim() == 2 and gate_up.stride(-1) == 1 and self.down_proj.weight_scale is not None
-        if fp8_rows and fused_kernels(gate_up) is not None:
+        if fp8_rows and fp8_input_kernels(gate_up) is not None:
             from runtime.model.fp8 import silu_mul_quantize_rows  # fp8: silu·mul inside the input's rounding
 
             return self.down_proj.forward_fp8_rows(*silu_mul_quantize_rows(gate_up), gate_up.dtype)

@@ -107,12 +107,17 @@ def time_projection(kind, weight: torch.Tensor, m: int, weight_scale: torch.Tens
         return silu_and_mul(x) if fused_input == SILU_MUL_INPUT else x
 
     if kind == "cublas" and weight_scale is not None:
-        from runtime.model import fp8, fused
+        from runtime.model import fp8
+        from runtime.model.layers import fp8_input_kernels
+
+        fused = fp8_input_kernels(x)  # decided here, outside the timing graph's capture
 
         def fp8_rows():  # as layers.py feeds an fp8 layer: the kernel before the product rounds the rows
-            if fused_input == NORM_INPUT:
+            if fused is not None and fused_input == NORM_INPUT:
                 return fused.rms_norm_fp8(x, norm_weight, 1e-6, residual)[:2]
-            return fp8.silu_mul_quantize_rows(x) if fused_input == SILU_MUL_INPUT else fp8.quantize_rows(x)
+            if fused is not None and fused_input == SILU_MUL_INPUT:
+                return fp8.silu_mul_quantize_rows(x)
+            return fp8.quantize_rows(cublas_input())
 
         calls = [lambda w=w: fp8.scaled_product(*fp8_rows(), w, weight_scale, dtype) for w in weights]
     elif kind == "cublas":

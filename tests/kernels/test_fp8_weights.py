@@ -120,6 +120,7 @@ def test_fp8_mlp_takes_the_fused_input_on_a_triton_device(monkeypatch):
     calls = []
     real = fp8.silu_mul_quantize_rows
     monkeypatch.setattr(layers, "fused_kernels", lambda x: fp8)  # anything not None: "the kernels run"
+    monkeypatch.setattr(layers, "_FP8_INPUT_STATE", {"checked": True, "ok": True})
     monkeypatch.setattr(fp8, "silu_mul_quantize_rows", lambda x: calls.append(x.shape) or real(x))
     fused = mlp.down(gate_up)
     assert calls == [(3, 96)]
@@ -161,11 +162,38 @@ def test_fp8_projection_after_a_norm_takes_the_norm_kernels_rows(monkeypatch):
     plain, plain_stream = norm_then_linear(norm, linear, x, residual)
     calls, real = [], fused.rms_norm_fp8
     monkeypatch.setattr(layers, "fused_kernels", lambda t: fused)
+    monkeypatch.setattr(layers, "_FP8_INPUT_STATE", {"checked": True, "ok": True})
     monkeypatch.setattr(fused, "rms_norm_fp8", lambda *a: calls.append(tuple(a[0].shape)) or real(*a))
     y, stream = norm_then_linear(norm, linear, x, residual)
     assert calls == [(4, 64)]
     assert torch.equal(stream, plain_stream)
     torch.testing.assert_close(y.float(), plain.float(), rtol=0.05, atol=0.05)
+
+
+def test_fused_fp8_inputs_are_checked_once_and_switched_off_when_they_disagree(monkeypatch):
+    """The kernels that round an fp8 projection's input themselves are used only after a check
+    against the two-kernel path (run here under the interpreter, in float16); a failing check
+    keeps the two-kernel path and the product is unchanged."""
+    from runtime.model import fused, layers
+
+    monkeypatch.setattr(layers, "fused_kernels", lambda t: fused)
+    monkeypatch.setattr(layers, "_FP8_INPUT_STATE", {"checked": False, "ok": False})
+    x = torch.zeros(2, 8, dtype=torch.float16)
+    assert layers.fp8_input_kernels(x) is fused and layers._FP8_INPUT_STATE == {"checked": True, "ok": True}
+
+    monkeypatch.setattr(layers, "_FP8_INPUT_STATE", {"checked": False, "ok": False})
+    monkeypatch.setattr(fp8, "silu_mul_quantize_rows", lambda g: (torch.zeros(g.shape[0], g.shape[1] // 2, dtype=fp8.FP8),
+                                                                  torch.ones(g.shape[0], 1)))
+    assert layers.fp8_input_kernels(x) is None and layers._FP8_INPUT_STATE["checked"]
+    mlp = GatedMLP(32, 48)
+    for p in mlp.parameters():
+        p.data = _rand(*p.shape, seed=p.numel()).to(torch.float16) * 0.2
+    fp8.quantize_model(mlp)
+    gate_up = _rand(3, 96, seed=5).to(torch.float16)
+    monkeypatch.setattr(layers, "fused_kernels", lambda t: None)
+    want = mlp.down(gate_up)
+    monkeypatch.setattr(layers, "fused_kernels", lambda t: fused)
+    assert torch.equal(mlp.down(gate_up), want)  # the broken kernel is not used
 
 
 def test_quantiser_kernel_matches_torch_on_random_rows():
