@@ -114,3 +114,22 @@ def test_a_backend_that_cannot_rotate_refuses_unrotated_inputs():
     assert not backend.can_fuse_rotary(q)
     with pytest.raises(ValueError, match="TorchNativeAttention cannot rotate q and k itself; apply RoPE first"):
         backend.forward(q, k, v, AttentionLayer(0, HEADS, KV_HEADS, DIM, scaling=0.2), batch, rotary=(cos, sin))
+
+
+def test_start_up_checks_the_fused_kernel_and_falls_back_when_it_disagrees(monkeypatch):
+    """warm_up checks RoPE in the KV write against torch once; a kernel computing wrongly (faked:
+    it forgets to rotate q) leaves the rotation to the model."""
+    import runtime.attention.triton.kv_store as kv_store
+
+    layer = AttentionLayer(0, HEADS, KV_HEADS, DIM, scaling=DIM**-0.5)
+    q = torch.zeros(2, HEADS, DIM)
+    backend = TritonAttention(extend_config=ExtendConfig(16, 16))
+    backend.warm_up(layer, torch.float32, torch.float32, torch.device("cpu"))
+    assert backend.can_fuse_rotary(q)
+    assert kv_store.rotary_store_agrees(HEADS, KV_HEADS, DIM, torch.bfloat16, torch.float8_e4m3fn, torch.device("cpu"))
+
+    real = kv_store.rotary_store_kv
+    monkeypatch.setattr(kv_store, "rotary_store_kv", lambda kb, vb, loc, q, *rest: real(kb, vb, loc, q.clone(), *rest))
+    backend = TritonAttention(extend_config=ExtendConfig(16, 16))
+    backend.warm_up(layer, torch.float32, torch.float32, torch.device("cpu"))
+    assert not backend.can_fuse_rotary(q)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -9,9 +10,11 @@ import torch
 from runtime.attention.base import AttentionLayer, BaseAttentionBackend, register_attention_backend
 from runtime.attention.triton.decode import DecodeConfig, choose_num_splits, decode_attention_table
 from runtime.attention.triton.extend import ExtendConfig, default_extend_config, extend_attention
-from runtime.attention.triton.kv_store import can_rotate_and_store, rotary_store_kv, store_kv
+from runtime.attention.triton.kv_store import can_rotate_and_store, rotary_store_agrees, rotary_store_kv, store_kv
 from runtime.forward_batch import ForwardBatch
 from runtime.triton_interpreter import can_launch_on
+
+logger = logging.getLogger(__name__)
 
 CPU_NUM_SMS = 4  # the interpreter runs programs one by one: few splits keep it quick
 DEFAULT_DECODE_CONFIG = DecodeConfig()
@@ -79,6 +82,7 @@ class TritonAttention(BaseAttentionBackend):
         self.metadata: TritonMetadata | None = None
         self._num_sms: dict[torch.device, int] = {}
         self._step_splits: int | None = None  # set for CUDA-graph steps, where it must not change
+        self._rotary_checked = True  # until warm_up checks the fused RoPE + KV write on a GPU
 
     def prepare(self, batch: ForwardBatch) -> None:
         device = batch.req_to_token.device
@@ -110,6 +114,13 @@ class TritonAttention(BaseAttentionBackend):
         indptr = torch.tensor([0, 1], dtype=torch.int32, device=device)
         slots = torch.ones(1, dtype=torch.int32, device=device)
         extend_attention(q, kv, kv, indptr, indptr, slots, layer.scaling, 1, config=self._extend_config(layer))
+        # RoPE in the KV write, checked against torch here once (as the model's fused kernels are):
+        # if it disagrees the model rotates q and k itself.
+        if can_rotate_and_store(q):
+            self._rotary_checked = rotary_store_agrees(layer.num_heads, layer.num_kv_heads, layer.head_dim, q_dtype,
+                                                       kv_dtype, device)
+            if not self._rotary_checked:
+                logger.warning("RoPE in the Triton KV write disagrees with torch on %s; the model rotates instead", device)
 
     # ------------------------------------------------------------------ CUDA graphs
     supports_cuda_graph = True
@@ -151,7 +162,7 @@ class TritonAttention(BaseAttentionBackend):
         )
 
     def can_fuse_rotary(self, q: torch.Tensor) -> bool:
-        return can_rotate_and_store(q)
+        return self._rotary_checked and can_rotate_and_store(q)
 
     def _store(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch, rotary) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the step's K/V into the pool (rotating q in place and k on its way, given `rotary`)."""

@@ -161,3 +161,32 @@ def rotary_store_kv(
         EXACT=exact_rounding(k_buffer.dtype), **fp8_format(k_buffer.dtype),
         QK_EXACT=exact_bf16(q.dtype), **pdl.launch_args(q.device),
     )
+
+
+def rotary_store_agrees(num_heads: int, num_kv_heads: int, head_dim: int, q_dtype: torch.dtype,
+                        kv_dtype: torch.dtype, device: torch.device) -> bool:
+    """A start-up check of rotary_store_kv on this device against RoPE in torch (float32, then the
+    dtypes' rounding), to within a rounding step: a kernel that builds but computes wrongly here must
+    not serve. Exceptions propagate (a kernel that does not build)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    tokens = 3
+    q = torch.randn(tokens, num_heads, head_dim, device=device, generator=gen).to(q_dtype)
+    k, v = (torch.randn(tokens, num_kv_heads, head_dim, device=device, generator=gen).to(q_dtype) for _ in range(2))
+    angles = torch.rand(tokens, head_dim // 2, device=device, generator=gen) * 6.0
+    cos, sin = angles.cos(), angles.sin()
+    pools = [torch.zeros(tokens + 2, num_kv_heads, head_dim, dtype=kv_dtype, device=device) for _ in range(2)]
+    loc = torch.arange(2, tokens + 2, device=device)
+    rotated_q = q.clone()
+    rotary_store_kv(pools[0], pools[1], loc, rotated_q, k, v, cos, sin)
+
+    def rope(x):
+        half = head_dim // 2
+        a, b = x.float()[..., :half], x.float()[..., half:]
+        c, s = cos[:, None], sin[:, None]
+        return torch.cat((a * c - b * s, b * c + a * s), dim=-1).to(q_dtype)
+
+    def near(got, want):  # one rounding step of the coarser format (e4m3: 1/8 relative)
+        return torch.allclose(got.float(), want.float(), rtol=0.13, atol=1e-2)
+
+    return (near(rotated_q, rope(q)) and near(pools[0][loc], rope(k).to(kv_dtype)) and near(pools[1][loc], v.to(kv_dtype))
+            and not pools[0][0].float().any() and not pools[0][1].float().any())
