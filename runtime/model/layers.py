@@ -294,11 +294,17 @@ class GatedMLP(nn.Module):
 
     def down(self, gate_up: torch.Tensor) -> torch.Tensor:
         """down(silu(gate) * up) from the gate_up projection's output [T, 2I]."""
-        if self.down_proj.takes_one_row(gate_up):  # silu·mul inside the down projection's kernel
-            return self.down_proj.forward_silu_mul(gate_up)
-        fp8_rows = gate_up.dim() == 2 and gate_up.stride(-1) == 1 and self.down_proj.weight_scale is not None
-        if fp8_rows and fp8_input_kernels(gate_up) is not None:
-            from runtime.model.fp8 import silu_mul_quantize_rows  # fp8: silu·mul inside the input's rounding
+        return linear_after_silu_mul(self.down_proj, gate_up)
 
-            return self.down_proj.forward_fp8_rows(*silu_mul_quantize_rows(gate_up), gate_up.dtype)
-        return self.down_proj(silu_and_mul(gate_up))  # [T, hidden]
+
+def linear_after_silu_mul(linear: Linear, gate_up: torch.Tensor) -> torch.Tensor:
+    """linear(silu(gate) * up) from gate_up [T, 2I]: silu·mul inside the vector kernel for one row, or
+    inside the rounding of an fp8 layer's rows, else its own kernel first."""
+    if linear.takes_one_row(gate_up):
+        return linear.forward_silu_mul(gate_up)
+    fp8_rows = gate_up.dim() == 2 and gate_up.stride(-1) == 1 and linear.weight_scale is not None
+    if fp8_rows and fp8_input_kernels(gate_up) is not None:
+        from runtime.model.fp8 import silu_mul_quantize_rows
+
+        return linear.forward_fp8_rows(*silu_mul_quantize_rows(gate_up), gate_up.dtype)
+    return linear(silu_and_mul(gate_up))

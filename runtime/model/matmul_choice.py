@@ -25,10 +25,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from runtime.model.gemv import MAX_M, skinny_matmul
-from runtime.model.matvec import VectorConfig, vector_matmul
+from runtime.model.gemv import MAX_M
+from runtime.model.matvec import VectorConfig
 
 # the vector kernel's launch shapes tried; each was the best for some projection in bench_pdl.py
 VECTOR_CANDIDATES = (
@@ -90,44 +89,33 @@ def time_projection(kind, weight: torch.Tensor, m: int, weight_scale: torch.Tens
 
     In the model every weight streams from HBM; a shape that fits in L2 would time at cache speed if
     repeated. So the graph cycles through enough copies of the weight to overflow L2 several times."""
-    l2_bytes = getattr(torch.cuda.get_device_properties(weight.device), "L2_cache_size", 64 * 2**20)
-    copies = max(2, min(16, -(-4 * l2_bytes // (weight.numel() * weight.element_size()))))
-    weights = [weight.clone() for _ in range(copies)]
-    from runtime.model.layers import NORM_INPUT, SILU_MUL_INPUT, add_rms_norm, silu_and_mul
+    from runtime.model.layers import (
+        NORM_INPUT, SILU_MUL_INPUT, Linear, RMSNorm, linear_after_silu_mul, norm_then_linear,
+    )
 
+    props = torch.cuda.get_device_properties(weight.device) if weight.is_cuda else None
+    l2_bytes = getattr(props, "L2_cache_size", 64 * 2**20)
+    copies = max(2, min(16, -(-4 * l2_bytes // (weight.numel() * weight.element_size()))))
     dtype = act_dtype if weight_scale is not None else weight.dtype
-    k = weight.shape[1]
+    n, k = weight.shape
     x = torch.randn(m, 2 * k if fused_input == SILU_MUL_INPUT else k, dtype=dtype, device=weight.device)
     residual = torch.randn(m, k, dtype=dtype, device=weight.device)
-    norm_weight = torch.ones(k, dtype=dtype, device=weight.device)
+    with torch.device("meta"):  # modules without storage of their own: they take the tensors below
+        norm = RMSNorm(k, 1e-6)
+        linears = [Linear(k, n) for _ in range(copies)]
+    norm.weight = torch.nn.Parameter(torch.ones(k, dtype=dtype, device=weight.device), requires_grad=False)
+    for linear in linears:  # routed as the model routes this layer, through the layers.py code it runs
+        linear.weight = torch.nn.Parameter(weight.clone(), requires_grad=False)
+        linear.weight_scale = weight_scale
+        linear.vector_config = None if kind in ("cublas", "skinny") else kind
+        linear.skinny_max_m = m if kind == "skinny" else 0
 
-    def cublas_input():
+    def project(linear):
         if fused_input == NORM_INPUT:
-            return add_rms_norm(x, residual, norm_weight, 1e-6)[0]
-        return silu_and_mul(x) if fused_input == SILU_MUL_INPUT else x
+            return norm_then_linear(norm, linear, x, residual)
+        return linear_after_silu_mul(linear, x) if fused_input == SILU_MUL_INPUT else linear(x)
 
-    if kind == "cublas" and weight_scale is not None:
-        from runtime.model import fp8
-        from runtime.model.layers import fp8_input_kernels
-
-        fused = fp8_input_kernels(x)  # decided here, outside the timing graph's capture
-
-        def fp8_rows():  # as layers.py feeds an fp8 layer: the kernel before the product rounds the rows
-            if fused is not None and fused_input == NORM_INPUT:
-                return fused.rms_norm_fp8(x, norm_weight, 1e-6, residual)[:2]
-            if fused is not None and fused_input == SILU_MUL_INPUT:
-                return fp8.silu_mul_quantize_rows(x)
-            return fp8.quantize_rows(cublas_input())
-
-        calls = [lambda w=w: fp8.scaled_product(*fp8_rows(), w, weight_scale, dtype) for w in weights]
-    elif kind == "cublas":
-        calls = [lambda w=w: F.linear(cublas_input(), w) for w in weights]
-    elif kind == "skinny":
-        calls = [lambda w=w: skinny_matmul(x, w) for w in weights]  # its default shape, as Linear runs it
-    else:
-        inputs = ({"norm_weight": norm_weight, "residual": residual} if fused_input == NORM_INPUT
-                  else {"silu_mul": fused_input == SILU_MUL_INPUT})
-        calls = [lambda w=w: vector_matmul(x, w, kind, weight_scale=weight_scale, **inputs) for w in weights]
+    calls = [lambda linear=linear: project(linear) for linear in linears]
 
     def run_all():
         for call in calls:

@@ -126,6 +126,41 @@ def test_projections_whose_input_the_vector_kernel_computes_are_timed_with_that_
     assert all(fused is None for _, m, fused in timed if m != 1)  # the skinny kernel fuses nothing
 
 
+def test_start_up_timing_runs_the_layer_code_the_model_runs(monkeypatch):
+    """time_projection times a projection through layers.py's own routing (norm_then_linear, the
+    silu·mul route, Linear): cuBLAS with its input's kernel first, the vector kernel with it fused,
+    the skinny kernel at 16 rows. Faked clock; the calls are what it would have timed."""
+    import runtime.model.layers as layers
+    import runtime.model.matmul_choice as matmul_choice
+    import runtime.model.matvec as matvec
+    import runtime.model.gemv as gemv
+    from runtime.model.layers import NORM_INPUT, SILU_MUL_INPUT
+
+    monkeypatch.setattr(matmul_choice, "graph_time_us", lambda fn, reps=1: fn() or 1.0)
+    seen = []
+    real_vector, real_skinny = matvec.vector_matmul, gemv.skinny_matmul
+    real_norm, real_silu = layers.add_rms_norm, layers.silu_and_mul
+    monkeypatch.setattr(matvec, "vector_matmul", lambda x, w, c, **kw: seen.append(
+        ("vector", x.shape[1], "norm_weight" in kw, kw.get("silu_mul", False))) or real_vector(x, w, SMALL_VECTOR, **kw))
+    monkeypatch.setattr(gemv, "skinny_matmul", lambda x, w, **kw: seen.append(("skinny", x.shape[0])) or real_skinny(x, w, config=SMALL))
+    monkeypatch.setattr(layers, "add_rms_norm", lambda *a: seen.append("norm") or real_norm(*a))
+    monkeypatch.setattr(layers, "silu_and_mul", lambda g: seen.append("silu") or real_silu(g))
+    weight = torch.randn(16, 32)
+
+    def timed(kind, m, fused_input=None):
+        seen.clear()
+        matmul_choice.time_projection(kind, weight, m, fused_input=fused_input)
+        return set(seen)
+
+    assert timed("cublas", 1, NORM_INPUT) == {"norm"}  # then F.linear
+    assert timed("cublas", 1, SILU_MUL_INPUT) == {"silu"}
+    assert timed("cublas", 1) == set()
+    assert timed(FAST, 1, NORM_INPUT) == {("vector", 32, True, False)}
+    assert timed(FAST, 1, SILU_MUL_INPUT) == {("vector", 64, False, True)}
+    assert timed(FAST, 1) == {("vector", 32, False, False)}
+    assert timed("skinny", MAX_M) == {("skinny", MAX_M)}
+
+
 def test_linear_routes_decode_rows_to_the_chosen_kernel(monkeypatch):
     import runtime.model.gemv as gemv
     import runtime.model.matvec as matvec
