@@ -41,10 +41,28 @@ def test_fused_inputs_match_torch_at_model_shapes(name):
         assert _rel(y, F.linear(normed.float(), w.float())) < 5e-3
 
 
+def _decode_error_vs_float32(path: str, prompt: list[int], out: dict) -> float:
+    """Mean |logprob - reference| over the decode steps' top-5 entries. The reference is HF in float32
+    on the bf16-rounded weights, fed the same tokens, so only the engine's own arithmetic counts."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).float().cuda().eval()
+    ids = out["output_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + ids[:-1]], device="cuda")).logits[0, len(prompt) - 1 :]
+    reference = torch.log_softmax(logits.float(), dim=-1).cpu()
+    errors = [abs(lp - float(reference[step, token]))
+              for step, top in enumerate(out["meta_info"]["output_top_logprobs"]) if step >= 1
+              for lp, token, _ in top]
+    return sum(errors) / len(errors)
+
+
 def test_batch1_decode_on_our_kernels_tracks_cublas(tiny_model_dir):
     """The same bf16 model decoding one request: routed to the vector kernel (fused inputs, PDL) and
-    forced onto cuBLAS. A random tiny model has near-ties that bf16 rounding may swap, so compare the
-    first decode step's top-5 logprobs as values, and the tokens as a set."""
+    forced onto cuBLAS. A random tiny model amplifies bf16 rounding (its logprobs moved 0.08 between
+    the two routes at one step on an H200, and 0.9 from a float32 run), so the two are not compared
+    with each other. Each is compared with float32 on the same weights and tokens, over every decode
+    step, and ours may not be less accurate than cuBLAS."""
     from runtime.model import matmul_choice
     from tests.integration.engine_helpers import checked_engine
 
@@ -66,8 +84,7 @@ def test_batch1_decode_on_our_kernels_tracks_cublas(tiny_model_dir):
     assert all(r.vector is None for r in runs["cublas"][0].values())
     ours, theirs = runs["ours"][1], runs["cublas"][1]
     assert ours["output_ids"][0] == theirs["output_ids"][0]  # the prefill's token: cuBLAS in both
-    top_ours = ours["meta_info"]["output_top_logprobs"][1]  # the first decode step: one row
-    top_theirs = theirs["meta_info"]["output_top_logprobs"][1]
-    for a, b in zip(sorted(lp for lp, _, _ in top_ours), sorted(lp for lp, _, _ in top_theirs)):
-        assert abs(a - b) < 0.05
-    assert len({t for _, t, _ in top_ours} & {t for _, t, _ in top_theirs}) >= 3
+    error_ours = _decode_error_vs_float32(path, prompt, ours)
+    error_cublas = _decode_error_vs_float32(path, prompt, theirs)
+    # a wrong row or a lost input term moves logprobs by whole nats; rounding by hundredths
+    assert error_ours <= 1.5 * error_cublas + 0.01, (error_ours, error_cublas)
