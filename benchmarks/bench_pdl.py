@@ -66,8 +66,7 @@ def vector(copy: float) -> dict:
         "vector_no_pdl": (False, lambda x, w: vector_matmul(x, w)),
     }
     for cfg in VECTOR_CANDIDATES:
-        variants[f"pdl_{cfg.block_n}x{cfg.block_k}_w{cfg.num_warps}_s{cfg.num_stages}"] = (
-            True, lambda x, w, c=cfg: vector_matmul(x, w, c))
+        variants[_label(cfg)] = (True, lambda x, w, c=cfg: vector_matmul(x, w, c))
     for name, (n, k) in SHAPES.items():
         w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * 0.02
         x = torch.randn(1, k, dtype=torch.bfloat16, device="cuda")
@@ -86,7 +85,7 @@ def vector(copy: float) -> dict:
                 row[label] = f"FAILED: {type(exc).__name__}: {str(exc)[:300]}"
         pdl.force(None)
         out[name] = row
-        timed = {c: row[f"pdl_{c.block_n}x{c.block_k}_w{c.num_warps}_s{c.num_stages}"] for c in VECTOR_CANDIDATES}
+        timed = {c: row[_label(c)] for c in VECTOR_CANDIDATES}
         timed = {c: r["us"] for c, r in timed.items() if isinstance(r, dict)}
         if timed:
             BEST_CONFIG[name] = min(timed, key=timed.get)
@@ -96,6 +95,10 @@ def vector(copy: float) -> dict:
 
 
 BEST_CONFIG: dict = {}  # projection → the vector section's fastest launch shape
+
+
+def _label(cfg: VectorConfig) -> str:
+    return f"pdl_{cfg.block_n}x{cfg.block_k}_w{cfg.num_warps}_s{cfg.num_stages}{'_tma' if cfg.tma else ''}"
 
 
 def stack(copy: float, layers: int = 32, context: int = 1024) -> dict:

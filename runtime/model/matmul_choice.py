@@ -20,6 +20,7 @@ weight streams from HBM, and with PDL on consecutive products overlap as in the 
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from dataclasses import dataclass
@@ -29,17 +30,28 @@ import torch
 from runtime.model.gemv import MAX_M
 from runtime.model.matvec import VectorConfig
 
-# the vector kernel's launch shapes tried; each was the best for some projection in bench_pdl.py
+logger = logging.getLogger(__name__)
+
+# the vector kernel's launch shapes tried; each of the first four was the best for some projection
+# in bench_pdl.py. The last two stream W through the copy engine, several tiles deep (matvec.py):
+# not yet timed on a GPU, so they are only candidates. An sm_90 compile put them at 26 and 61 KB of
+# shared memory and ~70 registers a thread, with no spills.
+TMA_CANDIDATES = (
+    VectorConfig(block_n=16, block_k=256, num_warps=4, num_stages=4, tma=True),
+    VectorConfig(block_n=16, block_k=256, num_warps=4, num_stages=8, tma=True),
+)
 VECTOR_CANDIDATES = (
     VectorConfig(block_n=16, block_k=512, num_warps=4, num_stages=3),
     VectorConfig(block_n=16, block_k=1024, num_warps=4, num_stages=2),
     VectorConfig(block_n=16, block_k=512, num_warps=8, num_stages=3),
     VectorConfig(block_n=8, block_k=1024, num_warps=4, num_stages=2),
-)
-# fp8 rows are half the bytes: tiles twice as long along K move what a 16-bit tile moves
+) + TMA_CANDIDATES
+# fp8 rows are half the bytes: tiles twice as long along K move what a 16-bit tile moves (the copy
+# engine's tiles stop at 256 columns, which are then half the bytes)
 FP8_VECTOR_CANDIDATES = VECTOR_CANDIDATES + (
     VectorConfig(block_n=16, block_k=2048, num_warps=4, num_stages=2),
     VectorConfig(block_n=8, block_k=2048, num_warps=4, num_stages=2),
+    VectorConfig(block_n=32, block_k=256, num_warps=4, num_stages=8, tma=True),
 )
 # Below these the win is within run-to-run noise: keep cuBLAS. The skinny kernel's bar is higher:
 # on the H200 qkv measured 1.08x faster alone but batch-1 decode was not faster end to end.
@@ -55,8 +67,9 @@ class Route:
     skinny_max_m: int = 0  # 2 <= M <= this: the skinny kernel; 0: cuBLAS
 
     def __str__(self) -> str:
-        m1 = "cublas" if self.vector is None else (
-            f"vector {self.vector.block_n}x{self.vector.block_k}/w{self.vector.num_warps}/s{self.vector.num_stages}")
+        v = self.vector
+        m1 = "cublas" if v is None else (
+            f"vector {v.block_n}x{v.block_k}/w{v.num_warps}/s{v.num_stages}{'/tma' if v.tma else ''}")
         return f"M=1 {m1}, M<={self.skinny_max_m} skinny" if self.skinny_max_m else f"M=1 {m1}"
 
 
@@ -170,11 +183,22 @@ def choose_matmul_routes(
 
 def _least_times(timer, weight: torch.Tensor, m: int, kinds: list, rounds: int = 3, **timer_args) -> dict:
     """{kind: µs}, each the least of `rounds` timings taken in turn: interference and clock changes
-    only ever add time, and taking turns spreads any drift over all kinds."""
+    only ever add time, and taking turns spreads any drift over all kinds. A kernel of ours that
+    fails to build or run here times as infinitely slow, with a warning (cuBLAS failing is an error)."""
     best = {kind: float("inf") for kind in kinds}
+    failed = set()
     for _ in range(rounds):
         for kind in kinds:
-            best[kind] = min(best[kind], timer(kind, weight, m, **timer_args))
+            if kind in failed:
+                continue
+            try:
+                best[kind] = min(best[kind], timer(kind, weight, m, **timer_args))
+            except Exception:
+                if kind == "cublas":
+                    raise
+                logger.warning("decode matmul %s fails for weight %s; not used", kind, tuple(weight.shape), exc_info=True)
+                failed.add(kind)
+                best[kind] = float("inf")
     return best
 
 

@@ -18,6 +18,12 @@ streams them once over all of K, multiplying on the CUDA cores. Three things kee
 (Asking L2 to bulk-prefetch part of the rows before the wait was tried too: on an H200 it made every
 projection 2-15% slower, and was dropped.)
 
+Triton software-pipelines only loads that feed a tl.dot, so each program of this kernel has one tile
+of W in flight at a time (an sm_90 compile shows plain ld.global, no cp.async). A second kernel,
+_vector_tma_kernel, reads W with the tensor-memory accelerator instead: num_stages tiles of at most
+256 × 256 in flight per program, as bulk copies into shared memory. The start-up timing
+(matmul_choice.py) decides per projection which of the two runs.
+
 With fp8 weights (runtime/model/fp8.py) the kernel reads e4m3 rows, half the bytes, and multiplies
 each output by its row's scale at the end. It also rounds f(x) to e4m3 with one scale, as
 fp8.quantize_rows does for the rows that go to torch._scaled_mm: a pass over f(x) finds its amax
@@ -30,6 +36,7 @@ review measured 0 differing elements in 3.3M against fused.rms_norm.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -51,12 +58,50 @@ E4M3_MIN_EXP = tl.constexpr(E4M3["MIN_EXP"])
 
 @dataclass(frozen=True)
 class VectorConfig:
-    """Launch shape of the kernel."""
+    """Launch shape of the kernel. `tma`: W streams through the tensor-memory accelerator
+    (_vector_tma_kernel), num_stages tiles deep; it needs a Hopper-class GPU, and tiles of at most
+    TMA_MAX_BOX in each dimension."""
 
     block_n: int = 16
     block_k: int = 512
     num_warps: int = 4
     num_stages: int = 3
+    tma: bool = False
+
+
+TMA_MAX_BOX = 256  # elements along each dimension of one bulk tensor copy
+
+
+def tma_fits(weight: torch.Tensor, config: VectorConfig) -> bool:
+    """Whether the copy engine can read `weight` in config's tiles: a GPU of compute capability 9 or
+    later (or the CPU interpreter), a Triton with host tensor descriptors, a 16-byte aligned base and
+    row stride, and a tile row of at least 16 bytes."""
+    if weight.is_cuda and not _hopper_or_later(weight.device):
+        return False
+    if _tensor_descriptor() is None:
+        return False
+    size = weight.element_size()
+    return (max(config.block_n, config.block_k) <= TMA_MAX_BOX and config.block_k * size >= 16
+            and weight.data_ptr() % 16 == 0 and (weight.stride(0) * size) % 16 == 0 and weight.stride(1) == 1)
+
+
+_CAPABLE: dict[int, bool] = {}  # per device index: asked once (eager decode launches ~100 products a step)
+
+
+def _hopper_or_later(device: torch.device) -> bool:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABLE:
+        _CAPABLE[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return _CAPABLE[index]
+
+
+@functools.cache
+def _tensor_descriptor():
+    try:  # Triton >= 3.4
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:
+        return None
+    return TensorDescriptor
 
 
 @triton.jit
@@ -90,21 +135,10 @@ def _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_inverse,
 
 
 @triton.jit
-def _vector_kernel(
-    x_ptr, w_ptr, y_ptr, res_ptr, res_out_ptr, norm_ptr, w_scale_ptr, N, K, stride_wn, eps,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-    INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr, EXACT: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_n = offs_n < N
-    w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
-    # The first W tile before the wait: weights are never written during a forward pass, and the
-    # loader's writes are followed by ordinary kernels that finish before any of ours starts.
-    w_first = tl.load(w_rows + offs_k[None, :], mask=mask_n[:, None] & (offs_k < K)[None, :], other=0.0)
-    if PDL:  # x (and the residual) are the previous kernel's output (see runtime/pdl.py)
-        gdc_wait()
+def _input_statistics(x_ptr, res_ptr, res_out_ptr, norm_ptr, K, eps, pid, offs_k,
+                      BLOCK_K: tl.constexpr, INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr):
+    """What f(x) needs over all of K before any tile: the norm's 1/rms (program 0 also writes x +
+    residual out), and for fp8 weights the scale f(x) is rounded with and its inverse."""
     rstd = 0.0
     if INPUT == 2:  # the norm's statistics over all of x + residual; program 0 writes the sum out
         write_limit = tl.where(pid == 0, K, 0)
@@ -129,6 +163,27 @@ def _vector_kernel(
             amax = tl.maximum(amax, tl.abs(f_x))
         x_scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX), MIN_SCALE)
         x_inverse = tl.math.div_rn(1.0, x_scale)
+    return rstd, x_scale, x_inverse
+
+
+@triton.jit
+def _vector_kernel(
+    x_ptr, w_ptr, y_ptr, res_ptr, res_out_ptr, norm_ptr, w_scale_ptr, N, K, stride_wn, eps,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr, EXACT: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_n = offs_n < N
+    w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
+    # The first W tile before the wait: weights are never written during a forward pass, and the
+    # loader's writes are followed by ordinary kernels that finish before any of ours starts.
+    w_first = tl.load(w_rows + offs_k[None, :], mask=mask_n[:, None] & (offs_k < K)[None, :], other=0.0)
+    if PDL:  # x (and the residual) are the previous kernel's output (see runtime/pdl.py)
+        gdc_wait()
+    rstd, x_scale, x_inverse = _input_statistics(x_ptr, res_ptr, res_out_ptr, norm_ptr, K, eps, pid, offs_k,
+                                                 BLOCK_K, INPUT, HAS_RESIDUAL, HAS_SCALE)
     # products accumulate per (row, lane) and are summed once at the end, not per tile
     x_first = _operand_tile(x_ptr, res_ptr, norm_ptr, offs_k, offs_k < K, K, rstd, x_inverse,
                             INPUT, HAS_RESIDUAL, HAS_SCALE, EXACT)
@@ -144,6 +199,45 @@ def _vector_kernel(
         gdc_launch_dependents()  # after the loop, so the next kernel's programs don't take our SM slots
     y = tl.sum(acc, axis=1)
     if HAS_SCALE:  # fp8 operands: x's scale and each weight row's, once per output
+        y = y * x_scale * tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0)
+    tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit
+def _vector_tma_kernel(
+    x_ptr, w_desc, y_ptr, res_ptr, res_out_ptr, norm_ptr, w_scale_ptr, N, K, eps,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
+    INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr, EXACT: tl.constexpr,
+):
+    """_vector_kernel with W read by the tensor-memory accelerator: the loop's tiles are bulk copies
+    into shared memory, STAGES of them in flight per program, where the plain kernel has one tile of
+    loads in flight (Triton does not software-pipeline loads that feed no tl.dot; an sm_90 compile
+    showed no cp.async in it). The copy engine fills rows past N and columns past K with zeros."""
+    pid = tl.program_id(0)
+    row0 = pid * BLOCK_N
+    offs_n = row0 + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_n = offs_n < N
+    w_first = w_desc.load([row0, 0])  # before the wait, as in _vector_kernel
+    if PDL:
+        gdc_wait()
+    rstd, x_scale, x_inverse = _input_statistics(x_ptr, res_ptr, res_out_ptr, norm_ptr, K, eps, pid, offs_k,
+                                                 BLOCK_K, INPUT, HAS_RESIDUAL, HAS_SCALE)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k0 in tl.range(BLOCK_K, K, BLOCK_K, num_stages=STAGES):
+        k = k0 + offs_k
+        w = w_desc.load([row0, k0])
+        x_tile = _operand_tile(x_ptr, res_ptr, norm_ptr, k, k < K, K, rstd, x_inverse,
+                               INPUT, HAS_RESIDUAL, HAS_SCALE, EXACT)
+        acc += w.to(tl.float32) * x_tile[None, :]
+    # the first tile last: its product does not hold the pipelined loop's first copies back
+    x_first = _operand_tile(x_ptr, res_ptr, norm_ptr, offs_k, offs_k < K, K, rstd, x_inverse,
+                            INPUT, HAS_RESIDUAL, HAS_SCALE, EXACT)
+    acc += w_first.to(tl.float32) * x_first[None, :]
+    if PDL:
+        gdc_launch_dependents()
+    y = tl.sum(acc, axis=1)
+    if HAS_SCALE:
         y = y * x_scale * tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0)
     tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
 
@@ -179,11 +273,17 @@ def vector_matmul(
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
     res_out = torch.empty_like(x) if residual is not None else x
     mode = RMS_NORM if norm_weight is not None else (SILU_MUL if silu_mul else PLAIN)
-    _vector_kernel[(triton.cdiv(n, config.block_n),)](
-        x, weight, y, residual if residual is not None else x, res_out,
-        norm_weight if norm_weight is not None else x, weight_scale if weight_scale is not None else x,
-        n, k, weight.stride(0), eps, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        INPUT=mode, HAS_RESIDUAL=residual is not None, HAS_SCALE=weight_scale is not None, EXACT=exact_rounding(),
-        num_warps=config.num_warps, num_stages=config.num_stages, **pdl.launch_args(x.device),
-    )
+    inputs = (residual if residual is not None else x, res_out,
+              norm_weight if norm_weight is not None else x, weight_scale if weight_scale is not None else x)
+    flags = dict(INPUT=mode, HAS_RESIDUAL=residual is not None, HAS_SCALE=weight_scale is not None, EXACT=exact_rounding(),
+                 num_warps=config.num_warps, num_stages=config.num_stages, **pdl.launch_args(x.device))
+    grid = (triton.cdiv(n, config.block_n),)
+    if config.tma and tma_fits(weight, config):
+        # a host descriptor: a CUDA graph keeps its bytes, which stay valid since weights never move
+        w_desc = _tensor_descriptor().from_tensor(weight, [config.block_n, config.block_k])
+        _vector_tma_kernel[grid](x, w_desc, y, *inputs, n, k, eps, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+                                 STAGES=config.num_stages, **flags)
+    else:  # a weight the copy engine cannot read gets the same tiles through ordinary loads
+        _vector_kernel[grid](x, weight, y, *inputs, n, k, weight.stride(0), eps, BLOCK_N=config.block_n,
+                             BLOCK_K=config.block_k, **flags)
     return (y, res_out) if norm_weight is not None else y

@@ -21,7 +21,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_fused_inputs_match_torch_at_model_shapes(name):
     from runtime.model.matmul_choice import VECTOR_CANDIDATES
-    from runtime.model.matvec import vector_matmul
+    from runtime.model.matvec import tma_fits, vector_matmul
 
     n, k = SHAPES[name]
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -34,6 +34,7 @@ def test_fused_inputs_match_torch_at_model_shapes(name):
     normed = (norm_w.float() * (summed * torch.rsqrt(summed.pow(2).mean(-1, keepdim=True) + 1e-5))).to(torch.bfloat16)
     act = (F.silu(gate_up[:, :k].float()).to(torch.bfloat16).float() * gate_up[:, k:].float()).to(torch.bfloat16)
     for config in VECTOR_CANDIDATES:
+        assert tma_fits(w, config) == config.tma  # the copy-engine shapes really take the copy engine here
         assert _rel(vector_matmul(x, w, config), F.linear(x.float(), w.float())) < 5e-3
         assert _rel(vector_matmul(gate_up, w, config, silu_mul=True), F.linear(act.float(), w.float())) < 5e-3
         y, stream = vector_matmul(x, w, config, norm_weight=norm_w, eps=1e-5, residual=res)

@@ -24,6 +24,7 @@ from runtime.model.layers import GatedMLP, Linear, RMSNorm, _torch_rms_norm, nor
 from runtime.model.matvec import VectorConfig, vector_matmul  # noqa: E402
 
 SMALL = VectorConfig(block_n=8, block_k=32)
+SMALL_TMA = VectorConfig(block_n=8, block_k=32, num_stages=4, tma=True)  # e4m3 rows through the copy engine
 
 
 def _rand(*shape, seed=0):
@@ -242,13 +243,14 @@ def _quantized_product(x: torch.Tensor, w_deq: torch.Tensor) -> torch.Tensor:
     return (xq.float() * xs) @ w_deq.t()
 
 
-def test_vector_kernel_on_fp8_weights_takes_the_same_operands_as_scaled_mm():
+@pytest.mark.parametrize("config", [SMALL, SMALL_TMA], ids=["loads", "tma"])
+def test_vector_kernel_on_fp8_weights_takes_the_same_operands_as_scaled_mm(config):
     # plain input on an exactly representable row: no rounding anywhere but the float32 sums
     k = 64
     wq, ws = fp8.quantize_weight(_rand(40, k, seed=5))
     w_deq = _dequantized(wq, ws)
     x = _exact_row(k, seed=6)
-    got = vector_matmul(x, wq, SMALL, weight_scale=ws)
+    got = vector_matmul(x, wq, config, weight_scale=ws)
     assert got.dtype == x.dtype
     torch.testing.assert_close(got, _quantized_product(x, w_deq), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="one weight scale per row"):
@@ -259,18 +261,19 @@ def test_vector_kernel_on_fp8_weights_takes_the_same_operands_as_scaled_mm():
         vector_matmul(x, w_deq, SMALL, weight_scale=ws)
 
 
+@pytest.mark.parametrize("config", [SMALL, SMALL_TMA], ids=["loads", "tma"])
 @pytest.mark.parametrize("mode", ["silu_mul", "norm"])
-def test_vector_kernel_on_fp8_weights_quantises_its_fused_input(mode):
+def test_vector_kernel_on_fp8_weights_quantises_its_fused_input(mode, config):
     k = 64
     wq, ws = fp8.quantize_weight(_rand(40, k, seed=5))
     w_deq = _dequantized(wq, ws)
     if mode == "silu_mul":
         x = _rand(1, 2 * k, seed=7)
-        got = vector_matmul(x, wq, SMALL, silu_mul=True, weight_scale=ws)
+        got = vector_matmul(x, wq, config, silu_mul=True, weight_scale=ws)
         f_x = F.silu(x[:, :k]) * x[:, k:]
     else:
         x, res, norm_w = _rand(1, k, seed=8), _rand(1, k, seed=9), _rand(k, seed=10)
-        got, stream = vector_matmul(x, wq, SMALL, norm_weight=norm_w, eps=1e-5, residual=res, weight_scale=ws)
+        got, stream = vector_matmul(x, wq, config, norm_weight=norm_w, eps=1e-5, residual=res, weight_scale=ws)
         f_x = _torch_rms_norm(x + res, norm_w, 1e-5)
         torch.testing.assert_close(stream, x + res)
     want = _quantized_product(f_x, w_deq)

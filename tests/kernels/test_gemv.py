@@ -79,6 +79,35 @@ def test_choice_follows_the_measurement_per_shape():
     assert "vector 16x64" in str(chosen[(16, 32)]) and str(chosen[(16, 64)]) == "M=1 cublas"
 
 
+def test_a_candidate_that_fails_here_is_skipped_and_the_rest_still_compete(caplog):
+    """A launch shape that does not build or run on this card (say the copy-engine kernel on a Triton
+    without it) times as infinitely slow, with a warning, and is tried once; a failing cuBLAS is an
+    error, not a silent fallback."""
+    model = _Model()
+    tries = []
+
+    def timer(kind, weight, m):
+        tries.append(kind)
+        if kind == FAST:
+            raise RuntimeError("no such instruction on this card")
+        return {"cublas": 2.0, "skinny": 3.0, SLOW: 1.0}[kind]
+
+    with caplog.at_level("WARNING"):
+        chosen = choose_matmul_routes(model, timer=timer, eligible=lambda w: True, vector_candidates=(FAST, SLOW))
+    assert chosen == {(16, 32): Route(SLOW), (16, 64): Route(SLOW)}
+    assert tries.count(FAST) == 2  # once per weight shape, not once per round
+    assert "fails for weight (16, 32)" in caplog.text
+    with pytest.raises(RuntimeError, match="cublas is broken"):
+        choose_matmul_routes(_Model(), timer=lambda kind, w, m: (_ for _ in ()).throw(RuntimeError("cublas is broken")),
+                             eligible=lambda w: True, vector_candidates=(SLOW,))
+
+
+def test_routes_name_the_copy_engine_shape():
+    tma = VectorConfig(block_n=16, block_k=256, num_stages=8, tma=True)
+    assert str(Route(tma)) == "M=1 vector 16x256/w4/s8/tma"
+    assert str(Route(FAST)) == "M=1 vector 16x64/w4/s3"
+
+
 def test_a_tie_within_noise_keeps_cublas_and_float32_cpu_weights_are_never_timed():
     model = _Model()
 

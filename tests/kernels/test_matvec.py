@@ -16,35 +16,72 @@ from runtime.model.layers import GatedMLP, Linear, RMSNorm, _torch_rms_norm, nor
 from runtime.model.matvec import VectorConfig, vector_matmul  # noqa: E402
 
 SMALL = VectorConfig(block_n=8, block_k=32)
+SMALL_TMA = VectorConfig(block_n=8, block_k=32, num_stages=4, tma=True)  # W through the copy engine
+CONFIGS = pytest.mark.parametrize("config", [SMALL, SMALL_TMA], ids=["loads", "tma"])
 
 
 def _rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
+@CONFIGS
 @pytest.mark.parametrize("n, k", [(40, 96), (33, 100), (7, 20)])
-def test_plain_product_matches_torch(n, k):
+def test_plain_product_matches_torch(n, k, config):
     w, x = _rand(n, k, seed=1), _rand(1, k, seed=2)
-    torch.testing.assert_close(vector_matmul(x, w, SMALL), F.linear(x, w), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(vector_matmul(x, w, config), F.linear(x, w), atol=1e-4, rtol=1e-4)
 
 
+@CONFIGS
 @pytest.mark.parametrize("k", [64, 70])
-def test_silu_mul_input_matches_the_unfused_mlp(k):
+def test_silu_mul_input_matches_the_unfused_mlp(k, config):
     w, gate_up = _rand(24, k, seed=3), _rand(1, 2 * k, seed=4)
     want = F.linear(F.silu(gate_up[:, :k]) * gate_up[:, k:], w)
-    torch.testing.assert_close(vector_matmul(gate_up, w, SMALL, silu_mul=True), want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(vector_matmul(gate_up, w, config, silu_mul=True), want, atol=1e-4, rtol=1e-4)
 
 
+@CONFIGS
 @pytest.mark.parametrize("with_residual", [True, False])
 @pytest.mark.parametrize("k", [96, 100])
-def test_norm_input_matches_the_unfused_norm_and_returns_the_residual_stream(with_residual, k):
+def test_norm_input_matches_the_unfused_norm_and_returns_the_residual_stream(with_residual, k, config):
     w, x, res, norm_w = _rand(40, k, seed=5), _rand(1, k, seed=6), _rand(1, k, seed=7), _rand(k, seed=8)
     summed = x + res if with_residual else x
-    y, stream = vector_matmul(x, w, SMALL, norm_weight=norm_w, eps=1e-5, residual=res if with_residual else None)
+    y, stream = vector_matmul(x, w, config, norm_weight=norm_w, eps=1e-5, residual=res if with_residual else None)
     torch.testing.assert_close(y, F.linear(_torch_rms_norm(summed, norm_w, 1e-5), w), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(stream, summed)
     if not with_residual:
         assert stream is x  # nothing added: the stream is the input itself
+
+
+def test_the_copy_engine_reads_w_only_where_its_tiles_fit(monkeypatch):
+    """A weight whose rows the copy engine cannot address (a row stride that is not a multiple of
+    16 bytes: bf16 with K = 100) gets the same tiles through ordinary loads, with the same result."""
+    import runtime.model.matvec as matvec
+
+    launched = []
+    for name in ("_vector_kernel", "_vector_tma_kernel"):
+        kernel = getattr(matvec, name)
+        monkeypatch.setattr(matvec, name, _Recorder(kernel, name, launched))
+    for k, dtype, want in ((96, torch.bfloat16, "_vector_tma_kernel"), (100, torch.bfloat16, "_vector_kernel"),
+                           (100, torch.float32, "_vector_tma_kernel")):
+        w, x = _rand(24, k, seed=1).to(dtype), _rand(1, k, seed=2).to(dtype)
+        got = vector_matmul(x, w, SMALL_TMA)
+        assert launched.pop() == want
+        torch.testing.assert_close(got.float(), F.linear(x.float(), w.float()), atol=0.05, rtol=0.02)
+    assert not matvec.tma_fits(torch.zeros(16, 512), VectorConfig(block_n=8, block_k=512, tma=True))  # box > 256
+    assert not matvec.tma_fits(torch.zeros(16, 64, dtype=torch.bfloat16), VectorConfig(block_n=8, block_k=4, tma=True))
+    vector_matmul(_rand(1, 96), _rand(24, 96), SMALL)
+    assert launched.pop() == "_vector_kernel"  # tma=False never takes the copy engine
+
+
+class _Recorder:
+    """A kernel stand-in that notes its name at each launch and then launches the kernel."""
+
+    def __init__(self, kernel, name, log):
+        self.kernel, self.name, self.log = kernel, name, log
+
+    def __getitem__(self, grid):
+        self.log.append(self.name)
+        return self.kernel[grid]
 
 
 def test_bad_shapes_and_modes_are_refused():
