@@ -12,7 +12,10 @@ Every kernel launched with PDL keeps these rules, which make the overlap safe:
   or read (no early return ahead of the wait). Its predecessor could only finish after its own wait,
   so this orders it after every earlier kernel, not just the one before. The one read allowed ahead
   of the wait is of weights (runtime/model/matvec.py): nothing writes them during forward passes,
-  and the code that does write them (loading) is followed by ordinary, fully ordered kernels;
+  and the code that does write them (loading) is followed by ordinary, fully ordered kernels. The
+  same holds for what only the work before a forward pass writes: the slot table, the batch's rows
+  and lengths, and the KV of earlier steps (runtime/attention/triton/decode.py reads a tile of it
+  early). That work ends in ordinary kernels and copies, which a PDL launch cannot overtake;
 - a small kernel lets its dependents launch at once (`gdc_launch_dependents()` on entry); a
   matrix-vector product only after its main loop, so the next one's programs don't take SM slots
   its own still need.

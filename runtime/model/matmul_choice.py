@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 
 # the vector kernel's launch shapes tried; each of the first four was the best for some projection
 # in bench_pdl.py. The last two stream W through the copy engine, several tiles deep (matvec.py):
-# not yet timed on a GPU, so they are only candidates. An sm_90 compile put them at 26 and 61 KB of
-# shared memory and ~70 registers a thread, with no spills.
+# not yet timed on a GPU, so they are only candidates. An sm_90 compile put them at 25-68 KB of
+# shared memory and 80-128 registers a thread, with no spills.
 TMA_CANDIDATES = (
     VectorConfig(block_n=16, block_k=256, num_warps=4, num_stages=4, tma=True),
     VectorConfig(block_n=16, block_k=256, num_warps=4, num_stages=8, tma=True),

@@ -70,18 +70,21 @@ class VectorConfig:
 
 
 TMA_MAX_BOX = 256  # elements along each dimension of one bulk tensor copy
+TMA_MAX_RING_BYTES = 160 * 1024  # the tiles in flight, in shared memory (an H100/H200 SM has 227 KiB)
 
 
 def tma_fits(weight: torch.Tensor, config: VectorConfig) -> bool:
     """Whether the copy engine can read `weight` in config's tiles: a GPU of compute capability 9 or
     later (or the CPU interpreter), a Triton with host tensor descriptors, a 16-byte aligned base and
-    row stride, and a tile row of at least 16 bytes."""
+    row stride, a tile row of at least 16 bytes, and the tiles in flight within shared memory."""
     if weight.is_cuda and not _hopper_or_later(weight.device):
         return False
     if _tensor_descriptor() is None:
         return False
     size = weight.element_size()
+    ring_bytes = config.num_stages * config.block_n * config.block_k * size
     return (max(config.block_n, config.block_k) <= TMA_MAX_BOX and config.block_k * size >= 16
+            and ring_bytes <= TMA_MAX_RING_BYTES
             and weight.data_ptr() % 16 == 0 and (weight.stride(0) * size) % 16 == 0 and weight.stride(1) == 1)
 
 

@@ -31,8 +31,8 @@ import triton
 import triton.language as tl
 
 from runtime import pdl
-from runtime.attention.triton.tile import attend_tile
-from runtime.pdl import enter_small_kernel
+from runtime.attention.triton.tile import attend_loaded_tile, attend_tile
+from runtime.pdl import enter_small_kernel, gdc_launch_dependents, gdc_wait
 
 LOG2_E = 1.4426950408889634
 MIN_DOT_ROWS = 16  # tl.dot needs at least 16 rows on the tensor cores
@@ -60,11 +60,15 @@ def _decode_split_kernel(
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
     KV_VIA_F32: tl.constexpr,
 ):
-    enter_small_kernel(PDL)  # see runtime/pdl.py
+    if PDL:  # a small kernel: the next one may launch now (runtime/pdl.py)
+        gdc_launch_dependents()
     batch = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     num_splits = tl.num_programs(2)
+    # Read before the PDL wait: the rows, lengths and slot table are written before the forward
+    # pass (by host copies or the CUDA-graph runner's copies, which finish before our first kernel
+    # starts), never by one of its kernels.
     kv_start = tl.load(row_ptr + batch).to(tl.int64) * row_stride
     seq_len = tl.load(seq_lens_ptr + batch).to(tl.int32)
     # whole tiles per split: only a request's last tile is partly masked
@@ -78,6 +82,20 @@ def _decode_split_kernel(
     heads = kv_head * GROUP + offs_h
     mask_h = offs_h < GROUP
     mask_d = offs_d < HEAD_DIM
+    kv_head_offset = kv_head * stride_buffer_h
+    if not SINGLE_SPLIT:
+        # Small batches (several splits) are latency-bound: the first tile's keys and values load
+        # while the kernels before us still run. Only keys of earlier steps may: this step's key, at
+        # seq_len - 1, is written by the store kernel just before us, so it loads after the wait.
+        n_first = lo + offs_n
+        first_in = n_first < hi
+        first_old = (n_first < seq_len - 1) & first_in
+        first_slots = tl.load(table_ptr + kv_start + n_first, mask=first_in, other=0).to(tl.int64)
+        first_offsets = first_slots[:, None] * stride_buffer_s + kv_head_offset + offs_d[None, :]
+        k_first = tl.load(k_buffer_ptr + first_offsets, mask=first_old[:, None] & mask_d[None, :], other=0.0)
+        v_first = tl.load(v_buffer_ptr + first_offsets, mask=first_old[:, None] & mask_d[None, :], other=0.0)
+    if PDL:
+        gdc_wait()
     # q: [BLOCK_H, BLOCK_D], the group's query heads (padding rows are zero)
     q = tl.load(
         q_ptr + batch * stride_q_b + heads[:, None] * stride_q_h + offs_d[None, :],
@@ -86,8 +104,17 @@ def _decode_split_kernel(
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    kv_head_offset = kv_head * stride_buffer_h
-    for start in range(lo, hi, BLOCK_N):  # (offs_h stands in for last_visible: decode is not causal)
+    loop_lo = lo
+    if not SINGLE_SPLIT:
+        first_new = (n_first == seq_len - 1) & first_in
+        new_mask = first_new[:, None] & mask_d[None, :]
+        k_first = tl.where(new_mask, tl.load(k_buffer_ptr + first_offsets, mask=new_mask, other=0.0), k_first)
+        v_first = tl.where(new_mask, tl.load(v_buffer_ptr + first_offsets, mask=new_mask, other=0.0), v_first)
+        if lo < hi:
+            acc, m_i, l_i = attend_loaded_tile(acc, m_i, l_i, q, k_first, v_first, first_in, scale_log2,
+                                               DOT_PRECISION, KV_VIA_F32)
+        loop_lo = lo + BLOCK_N
+    for start in range(loop_lo, hi, BLOCK_N):  # (offs_h stands in for last_visible: decode is not causal)
         acc, m_i, l_i = attend_tile(
             acc, m_i, l_i, q, start, hi, offs_h, k_buffer_ptr, v_buffer_ptr, table_ptr + kv_start, kv_head_offset,
             stride_buffer_s, offs_n, offs_d, mask_d, scale_log2, DOT_PRECISION, KV_VIA_F32, BOUNDED=True, CAUSAL=False)

@@ -50,3 +50,20 @@ def attend_tile(
     v = v.to(q.dtype)
     acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
+
+
+@triton.jit
+def attend_loaded_tile(acc, m_i, l_i, q, k, v, mask_n, scale_log2, DOT_PRECISION: tl.constexpr, KV_VIA_F32: tl.constexpr):
+    """attend_tile (BOUNDED, not CAUSAL) for keys whose K and V the caller has already loaded, in the
+    pool's dtype (decode loads a tile before its PDL wait: decode.py); keys outside mask_n are hidden."""
+    if KV_VIA_F32:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    scores = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * scale_log2
+    scores = tl.where(mask_n[None, :], scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(scores - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
+    return acc, m_new, l_i
