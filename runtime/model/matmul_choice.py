@@ -33,12 +33,13 @@ from runtime.model.matvec import VectorConfig
 logger = logging.getLogger(__name__)
 
 # the vector kernel's launch shapes tried; each of the first four was the best for some projection
-# in bench_pdl.py. The last two stream W through the copy engine, several tiles deep (matvec.py):
-# not yet timed on a GPU, so they are only candidates. An sm_90 compile put them at 25-68 KB of
-# shared memory and 80-128 registers a thread, with no spills.
+# in bench_pdl.py. The copy-engine shapes (matvec.py) are not yet timed on a GPU, so they are only
+# candidates: several tiles in flight per program, 256 and 512 wide. An sm_90 compile put them at
+# 14-68 KB of shared memory and 72-167 registers a thread, with no spills.
 TMA_CANDIDATES = (
     VectorConfig(block_n=16, block_k=256, num_warps=4, num_stages=4, tma=True),
     VectorConfig(block_n=16, block_k=256, num_warps=4, num_stages=8, tma=True),
+    VectorConfig(block_n=16, block_k=512, num_warps=4, num_stages=4, tma=True),
 )
 VECTOR_CANDIDATES = (
     VectorConfig(block_n=16, block_k=512, num_warps=4, num_stages=3),
@@ -46,8 +47,7 @@ VECTOR_CANDIDATES = (
     VectorConfig(block_n=16, block_k=512, num_warps=8, num_stages=3),
     VectorConfig(block_n=8, block_k=1024, num_warps=4, num_stages=2),
 ) + TMA_CANDIDATES
-# fp8 rows are half the bytes: tiles twice as long along K move what a 16-bit tile moves (the copy
-# engine's tiles stop at 256 columns, which are then half the bytes)
+# fp8 rows are half the bytes: tiles twice as long along K move what a 16-bit tile moves
 FP8_VECTOR_CANDIDATES = VECTOR_CANDIDATES + (
     VectorConfig(block_n=16, block_k=2048, num_warps=4, num_stages=2),
     VectorConfig(block_n=8, block_k=2048, num_warps=4, num_stages=2),

@@ -20,8 +20,8 @@ projection 2-15% slower, and was dropped.)
 
 Triton software-pipelines only loads that feed a tl.dot, so each program of this kernel has one tile
 of W in flight at a time (an sm_90 compile shows plain ld.global, no cp.async). A second kernel,
-_vector_tma_kernel, reads W with the tensor-memory accelerator instead: num_stages tiles of at most
-256 × 256 in flight per program, as bulk copies into shared memory. The start-up timing
+_vector_tma_kernel, reads W with the tensor-memory accelerator instead: num_stages tiles in flight
+per program, as bulk copies into shared memory. The start-up timing
 (matmul_choice.py) decides per projection which of the two runs.
 
 With fp8 weights (runtime/model/fp8.py) the kernel reads e4m3 rows, half the bytes, and multiplies
@@ -59,8 +59,7 @@ E4M3_MIN_EXP = tl.constexpr(E4M3["MIN_EXP"])
 @dataclass(frozen=True)
 class VectorConfig:
     """Launch shape of the kernel. `tma`: W streams through the tensor-memory accelerator
-    (_vector_tma_kernel), num_stages tiles deep; it needs a Hopper-class GPU, and tiles of at most
-    TMA_MAX_BOX in each dimension."""
+    (_vector_tma_kernel), num_stages tiles deep, where `tma_fits` says the copy engine can."""
 
     block_n: int = 16
     block_k: int = 512
@@ -69,22 +68,22 @@ class VectorConfig:
     tma: bool = False
 
 
-TMA_MAX_BOX = 256  # elements along each dimension of one bulk tensor copy
 TMA_MAX_RING_BYTES = 160 * 1024  # the tiles in flight, in shared memory (an H100/H200 SM has 227 KiB)
 
 
 def tma_fits(weight: torch.Tensor, config: VectorConfig) -> bool:
     """Whether the copy engine can read `weight` in config's tiles: a GPU of compute capability 9 or
     later (or the CPU interpreter), a Triton with host tensor descriptors, a 16-byte aligned base and
-    row stride, a tile row of at least 16 bytes, and the tiles in flight within shared memory."""
+    row stride, tile sides that are powers of two (Triton splits a tile wider than one copy, 256,
+    into several), a tile row of at least 16 bytes, and the tiles in flight within shared memory."""
     if weight.is_cuda and not _hopper_or_later(weight.device):
         return False
     if _tensor_descriptor() is None:
         return False
     size = weight.element_size()
     ring_bytes = config.num_stages * config.block_n * config.block_k * size
-    return (max(config.block_n, config.block_k) <= TMA_MAX_BOX and config.block_k * size >= 16
-            and ring_bytes <= TMA_MAX_RING_BYTES
+    powers_of_two = all(d > 0 and d & (d - 1) == 0 for d in (config.block_n, config.block_k))
+    return (powers_of_two and config.block_k * size >= 16 and ring_bytes <= TMA_MAX_RING_BYTES
             and weight.data_ptr() % 16 == 0 and (weight.stride(0) * size) % 16 == 0 and weight.stride(1) == 1)
 
 

@@ -67,7 +67,8 @@ def test_the_copy_engine_reads_w_only_where_its_tiles_fit(monkeypatch):
         got = vector_matmul(x, w, SMALL_TMA)
         assert launched.pop() == want
         torch.testing.assert_close(got.float(), F.linear(x.float(), w.float()), atol=0.05, rtol=0.02)
-    assert not matvec.tma_fits(torch.zeros(16, 512), VectorConfig(block_n=8, block_k=512, tma=True))  # box > 256
+    assert matvec.tma_fits(torch.zeros(16, 512), VectorConfig(block_n=8, block_k=512, num_stages=2, tma=True))
+    assert not matvec.tma_fits(torch.zeros(16, 96), VectorConfig(block_n=8, block_k=96, tma=True))  # not a power of 2
     assert not matvec.tma_fits(torch.zeros(16, 64, dtype=torch.bfloat16), VectorConfig(block_n=8, block_k=4, tma=True))
     big = VectorConfig(block_n=256, block_k=256, num_stages=4, tma=True)  # 512 KiB of tiles in flight
     assert not matvec.tma_fits(torch.zeros(256, 256, dtype=torch.bfloat16), big)
