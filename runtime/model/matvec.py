@@ -207,7 +207,7 @@ def _vector_kernel(
 
 @triton.jit
 def _vector_tma_kernel(
-    x_ptr, w_desc, y_ptr, res_ptr, res_out_ptr, norm_ptr, w_scale_ptr, N, K, eps,
+    x_ptr, w_ptr, w_desc, y_ptr, res_ptr, res_out_ptr, norm_ptr, w_scale_ptr, N, K, stride_wn, eps,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
     INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr, EXACT: tl.constexpr,
 ):
@@ -220,7 +220,10 @@ def _vector_tma_kernel(
     offs_n = row0 + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     mask_n = offs_n < N
-    w_first = w_desc.load([row0, 0])  # before the wait, as in _vector_kernel
+    # The first tile by ordinary loads, before the wait as in _vector_kernel: they block nothing
+    # until its product, after the loop (a bulk copy would be waited for right here).
+    w_first = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :],
+                      mask=mask_n[:, None] & (offs_k < K)[None, :], other=0.0)
     if PDL:
         gdc_wait()
     rstd, x_scale, x_inverse = _input_statistics(x_ptr, res_ptr, res_out_ptr, norm_ptr, K, eps, pid, offs_k,
@@ -283,8 +286,8 @@ def vector_matmul(
     if config.tma and tma_fits(weight, config):
         # a host descriptor: a CUDA graph keeps its bytes, which stay valid since weights never move
         w_desc = _tensor_descriptor().from_tensor(weight, [config.block_n, config.block_k])
-        _vector_tma_kernel[grid](x, w_desc, y, *inputs, n, k, eps, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-                                 STAGES=config.num_stages, **flags)
+        _vector_tma_kernel[grid](x, weight, w_desc, y, *inputs, n, k, weight.stride(0), eps, BLOCK_N=config.block_n,
+                                 BLOCK_K=config.block_k, STAGES=config.num_stages, **flags)
     else:  # a weight the copy engine cannot read gets the same tiles through ordinary loads
         _vector_kernel[grid](x, weight, y, *inputs, n, k, weight.stride(0), eps, BLOCK_N=config.block_n,
                              BLOCK_K=config.block_k, **flags)
