@@ -68,6 +68,7 @@ class VectorConfig:
     tma: bool = False
 
 
+STATS_BLOCK_MAX = 4096  # x elements per iteration of the copy-engine kernel's statistics pass
 TMA_MAX_RING_BYTES = 160 * 1024  # the tiles in flight, in shared memory (an H100/H200 SM has 227 KiB)
 
 
@@ -208,7 +209,7 @@ def _vector_kernel(
 @triton.jit
 def _vector_tma_kernel(
     x_ptr, w_ptr, w_desc, y_ptr, res_ptr, res_out_ptr, norm_ptr, w_scale_ptr, N, K, stride_wn, eps,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, STATS_BLOCK: tl.constexpr, PDL: tl.constexpr,
     INPUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr, EXACT: tl.constexpr,
 ):
     """_vector_kernel with W read by the tensor-memory accelerator: the loop's tiles are bulk copies
@@ -226,8 +227,10 @@ def _vector_tma_kernel(
                       mask=mask_n[:, None] & (offs_k < K)[None, :], other=0.0)
     if PDL:
         gdc_wait()
-    rstd, x_scale, x_inverse = _input_statistics(x_ptr, res_ptr, res_out_ptr, norm_ptr, K, eps, pid, offs_k,
-                                                 BLOCK_K, INPUT, HAS_RESIDUAL, HAS_SCALE)
+    # The statistics pass reads x (from L2) in wider blocks than the narrow W tiles: each of its
+    # iterations waits for its loads, and all of it comes before the first product.
+    rstd, x_scale, x_inverse = _input_statistics(x_ptr, res_ptr, res_out_ptr, norm_ptr, K, eps, pid,
+                                                 tl.arange(0, STATS_BLOCK), STATS_BLOCK, INPUT, HAS_RESIDUAL, HAS_SCALE)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in tl.range(BLOCK_K, K, BLOCK_K, num_stages=STAGES):
         k = k0 + offs_k
@@ -287,7 +290,8 @@ def vector_matmul(
         # a host descriptor: a CUDA graph keeps its bytes, which stay valid since weights never move
         w_desc = _tensor_descriptor().from_tensor(weight, [config.block_n, config.block_k])
         _vector_tma_kernel[grid](x, weight, w_desc, y, *inputs, n, k, weight.stride(0), eps, BLOCK_N=config.block_n,
-                                 BLOCK_K=config.block_k, STAGES=config.num_stages, **flags)
+                                 BLOCK_K=config.block_k, STAGES=config.num_stages,
+                                 STATS_BLOCK=min(triton.next_power_of_2(k), STATS_BLOCK_MAX), **flags)
     else:  # a weight the copy engine cannot read gets the same tiles through ordinary loads
         _vector_kernel[grid](x, weight, y, *inputs, n, k, weight.stride(0), eps, BLOCK_N=config.block_n,
                              BLOCK_K=config.block_k, **flags)

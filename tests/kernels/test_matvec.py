@@ -52,6 +52,19 @@ def test_norm_input_matches_the_unfused_norm_and_returns_the_residual_stream(wit
         assert stream is x  # nothing added: the stream is the input itself
 
 
+@pytest.mark.parametrize("k", [96, 100])
+def test_copy_engine_kernel_norm_statistics_in_several_passes(k, monkeypatch):
+    """The copy-engine kernel sums x² in blocks of its own width (up to 4,096 on a GPU); narrower
+    here, so the pass takes several blocks and a partial last one."""
+    import runtime.model.matvec as matvec
+
+    monkeypatch.setattr(matvec, "STATS_BLOCK_MAX", 32)
+    w, x, res, norm_w = _rand(40, k, seed=5), _rand(1, k, seed=6), _rand(1, k, seed=7), _rand(k, seed=8)
+    y, stream = vector_matmul(x, w, SMALL_TMA, norm_weight=norm_w, eps=1e-5, residual=res)
+    torch.testing.assert_close(y, F.linear(_torch_rms_norm(x + res, norm_w, 1e-5), w), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(stream, x + res)
+
+
 def test_the_copy_engine_reads_w_only_where_its_tiles_fit(monkeypatch):
     """A weight whose rows the copy engine cannot address (a row stride that is not a multiple of
     16 bytes: bf16 with K = 100) gets the same tiles through ordinary loads, with the same result."""
