@@ -19,6 +19,7 @@ import logging
 import torch
 
 from runtime.forward_batch import ForwardBatch, ForwardMode
+from runtime.graph_inputs import stage_decode_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,13 @@ class CudaGraphRunner:
         self.out_cache_loc = torch.zeros(self.max_bs, dtype=torch.int64, device=dev)
         self.req_pool_indices = torch.full((self.max_bs,), self.pad_row, dtype=torch.int64, device=dev)
         self.seq_lens = torch.ones(self.max_bs, dtype=torch.int32, device=dev)
+        self.static_inputs = dict(input_ids=self.input_ids, positions=self.positions, out_cache_loc=self.out_cache_loc,
+                                  req_pool_indices=self.req_pool_indices, seq_lens=self.seq_lens)
+        self._stage(ForwardBatch(  # compiles the staging kernel now, not at the first step (all rows padding)
+            mode=ForwardMode.DECODE, batch_size=0, input_ids=self.input_ids[:0], positions=self.positions[:0],
+            req_pool_indices=self.req_pool_indices[:0], seq_lens=self.seq_lens[:0], out_cache_loc=self.out_cache_loc[:0],
+            req_to_token=pool.req_to_token, kv_pool=runner.kv_pool, seq_lens_cpu=torch.ones(0, dtype=torch.int64)),
+            self.max_bs)
         self.logits = torch.zeros(self.max_bs, runner.vocab_size, dtype=torch.float32, device=dev)
         self.attn.init_cuda_graph_state(self.max_bs, runner.context_len + 1, dev, self.model.attention_layer, runner.dtype)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -94,22 +102,17 @@ class CudaGraphRunner:
     def can_run(self, batch: ForwardBatch) -> bool:
         return batch.is_decode and batch.batch_size <= self.max_bs
 
+    def _stage(self, batch: ForwardBatch, bs: int) -> None:
+        stage_decode_inputs(batch.input_ids, batch.positions, batch.out_cache_loc, batch.req_pool_indices,
+                            batch.seq_lens, self.static_inputs, batch.req_to_token, bs, self.pad_row)
+
     @torch.inference_mode()
     def replay(self, batch: ForwardBatch) -> torch.Tensor:
-        """logits [b, vocab] float32 for a decode batch of b requests."""
+        """logits [b, vocab] float32 for a decode batch of b requests, whose new KV slots this also
+        writes into the slot table (ModelRunner.decode)."""
         b = batch.batch_size
         bs = self.batch_sizes[bisect.bisect_left(self.batch_sizes, b)]
-        self.input_ids[:b].copy_(batch.input_ids)
-        self.positions[:b].copy_(batch.positions)
-        self.out_cache_loc[:b].copy_(batch.out_cache_loc)
-        self.req_pool_indices[:b].copy_(batch.req_pool_indices)
-        self.seq_lens[:b].copy_(batch.seq_lens)
-        if bs > b:
-            self.input_ids[b:bs].zero_()
-            self.positions[b:bs].zero_()
-            self.out_cache_loc[b:bs].zero_()
-            self.req_pool_indices[b:bs].fill_(self.pad_row)
-            self.seq_lens[b:bs].fill_(1)
+        self._stage(batch, bs)
         seq_lens_cpu = torch.ones(bs, dtype=torch.int64)
         seq_lens_cpu[:b] = batch.seq_lens_cpu
         self.attn.prepare_cuda_graph_decode(self._static_batch(bs, seq_lens_cpu))

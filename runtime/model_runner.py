@@ -192,10 +192,18 @@ class ModelRunner:
             torch.cuda.empty_cache()
 
     def decode(self, batch: ForwardBatch) -> torch.Tensor:
-        """Logits [B, vocab] float32 for a decode batch: CUDA-graph replay when captured."""
+        """Logits [B, vocab] float32 for a decode batch: CUDA-graph replay when captured. Also writes
+        each request's new KV slot (out_cache_loc) at its position in the slot table; the graph
+        runner does that in the kernel that stages its inputs."""
         if self.cuda_graph is not None and self.cuda_graph.can_run(batch):
             return self.cuda_graph.replay(batch)
+        self.write_decode_slots(batch)
         return self.compute_logits(self.forward(batch))
+
+    @staticmethod
+    def write_decode_slots(batch: ForwardBatch) -> None:
+        """req_to_token[row, position] = new slot for every request of a decode batch (idempotent)."""
+        batch.req_to_token[batch.req_pool_indices, batch.positions] = batch.out_cache_loc.to(torch.int32)
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:

@@ -249,9 +249,13 @@ class Scheduler:
             ForwardMode.DECODE, input_ids, positions, slots, rows, [r.kv_len for r in reqs],
             self.req_pool.req_to_token, self.runner.kv_pool,
         )
-        # one scatter for the whole batch: each request's new slot at its position
-        self.req_pool.req_to_token[fb.req_pool_indices, fb.positions] = slots.to(torch.int32)
-        return LaunchedBatch(reqs, self.runner.decode(fb))
+        try:
+            logits = self.runner.decode(fb)  # which also writes the new slots into the slot table
+        except Exception:
+            # kv_len already counts the new slot: the table must hold it for the abort to free it
+            self.runner.write_decode_slots(fb)
+            raise
+        return LaunchedBatch(reqs, logits)
 
     def _decode_input_ids(self, reqs: list[Req]) -> "list[int] | torch.Tensor":
         """Each request's newest token; the batch in flight supplies those the host has not seen."""

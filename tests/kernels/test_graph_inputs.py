@@ -1,0 +1,69 @@
+"""The kernel that stages a decode step for a CUDA-graph replay (runtime/graph_inputs.py), under
+TRITON_INTERPRET=1, against what the torch copies, fills and scatter it replaces would leave."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from tests.interpreted_triton import use_interpreter_for  # noqa: E402
+
+use_interpreter_for("runtime.graph_inputs")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+from runtime.graph_inputs import stage_decode_inputs  # noqa: E402
+
+MAX_BS, PAD_ROW = 300, 7
+
+
+def _static():
+    return dict(
+        input_ids=torch.full((MAX_BS,), -5, dtype=torch.int64), positions=torch.full((MAX_BS,), -5, dtype=torch.int64),
+        out_cache_loc=torch.full((MAX_BS,), -5, dtype=torch.int64),
+        req_pool_indices=torch.full((MAX_BS,), -5, dtype=torch.int64), seq_lens=torch.full((MAX_BS,), -5, dtype=torch.int32))
+
+
+def _step(b: int, offset: int, seed: int):
+    """A decode step as build_forward_batch lays it out: views `offset` int64s into one packed tensor."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(PAD_ROW, generator=gen)[:b] if b <= PAD_ROW else torch.arange(b) + PAD_ROW + 1
+    positions = torch.randint(0, 50, (b,), generator=gen)
+    packed = torch.cat([torch.zeros(offset, dtype=torch.int64), torch.randint(0, 1000, (b,), generator=gen), positions,
+                        rows, positions + 1, torch.randint(1, 5000, (b,), generator=gen)])
+    ids, positions, rows, seq_lens, slots = packed[offset:].view(5, b)
+    return ids, positions, slots, rows, seq_lens.to(torch.int32)
+
+
+@pytest.mark.parametrize("b, bs, offset", [(1, 1, 0), (3, 4, 1), (5, 8, 3), (260, 288, 2), (0, 16, 0)])
+def test_staging_equals_the_torch_copies_fills_and_scatter(b, bs, offset):
+    ids, positions, slots, rows, seq_lens = _step(b, offset, seed=b + bs)
+    table = torch.randint(0, 99, (PAD_ROW + 300, 64), dtype=torch.int32)
+    want_table = table.clone()
+    want_table[rows, positions] = slots.to(torch.int32)
+    static = _static()
+    stage_decode_inputs(ids, positions, slots, rows, seq_lens, static, table, bs, PAD_ROW)
+    pad = bs - b
+    expected = dict(input_ids=(ids, 0), positions=(positions, 0), out_cache_loc=(slots, 0),
+                    req_pool_indices=(rows, PAD_ROW), seq_lens=(seq_lens, 1))
+    for name, (values, pad_value) in expected.items():
+        got = static[name]
+        assert torch.equal(got[:b], values.to(got.dtype)), name
+        assert (got[b:bs] == pad_value).all() and len(got[b:bs]) == pad, name
+        assert (got[bs:] == -5).all(), f"{name}: rows past the graph's size are left alone"
+    assert torch.equal(table, want_table)  # every new slot at its row and position; padding writes nothing
+
+
+def test_mismatched_or_oversized_steps_are_refused():
+    ids, positions, slots, rows, seq_lens = _step(4, 0, seed=0)
+    table = torch.zeros(PAD_ROW + 1, 64, dtype=torch.int32)
+    with pytest.raises(ValueError, match="one length"):
+        stage_decode_inputs(ids[:3], positions, slots, rows, seq_lens, _static(), table, 4, PAD_ROW)
+    with pytest.raises(ValueError, match="4 requests for a graph of 2 rows"):
+        stage_decode_inputs(ids, positions, slots, rows, seq_lens, _static(), table, 2, PAD_ROW)
+    with pytest.raises(ValueError, match="buffers of 300"):
+        stage_decode_inputs(ids, positions, slots, rows, seq_lens, _static(), table, MAX_BS + 1, PAD_ROW)
