@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -65,12 +65,19 @@ class Route:
 
     vector: VectorConfig | None = None  # M = 1: the vector kernel in this launch shape; None: cuBLAS
     skinny_max_m: int = 0  # 2 <= M <= this: the skinny kernel; 0: cuBLAS
+    # the M = 1 timings the choice was made on, µs by kind's name (benchmarks print them)
+    m1_us: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __str__(self) -> str:
-        v = self.vector
-        m1 = "cublas" if v is None else (
-            f"vector {v.block_n}x{v.block_k}/w{v.num_warps}/s{v.num_stages}{'/tma' if v.tma else ''}")
+        m1 = "cublas" if self.vector is None else kind_name(self.vector)
         return f"M=1 {m1}, M<={self.skinny_max_m} skinny" if self.skinny_max_m else f"M=1 {m1}"
+
+
+def kind_name(kind) -> str:
+    """"cublas", "skinny", or a vector launch shape as "vector 16x256/w4/s8[/tma]"."""
+    if not isinstance(kind, VectorConfig):
+        return str(kind)
+    return f"vector {kind.block_n}x{kind.block_k}/w{kind.num_warps}/s{kind.num_stages}{'/tma' if kind.tma else ''}"
 
 
 def graph_time_us(fn, reps: int = 10, iters: int = 10) -> float:
@@ -145,13 +152,17 @@ def _eligible(layer) -> bool:
 
 
 def choose_matmul_routes(
-    model: torch.nn.Module, timer=time_projection, eligible=_eligible, vector_candidates=VECTOR_CANDIDATES,
-    fp8_vector_candidates=FP8_VECTOR_CANDIDATES,
+    model: torch.nn.Module, timer=time_projection, eligible=_eligible, vector_candidates=None,
+    fp8_vector_candidates=None,
 ) -> dict:
     """Time cuBLAS and our kernels on each distinct Linear weight shape (and input, `fused_input`) at
     M = 1 and M = MAX_M and set `vector_config` and `skinny_max_m` on every Linear of that kind.
-    Returns {(N, K[, "fp8"][, fused_input]): Route}."""
+    The vector kernel's launch shapes default to this module's VECTOR_CANDIDATES and
+    FP8_VECTOR_CANDIDATES as they are at the call. Returns {(N, K[, "fp8"][, fused_input]): Route}."""
     from runtime.model.layers import Linear
+
+    vector_candidates = VECTOR_CANDIDATES if vector_candidates is None else vector_candidates
+    fp8_vector_candidates = FP8_VECTOR_CANDIDATES if fp8_vector_candidates is None else fp8_vector_candidates
 
     chosen: dict[tuple, Route] = {}
     spun_up = False
@@ -175,7 +186,7 @@ def choose_matmul_routes(
             if not fp8:
                 m16 = _least_times(timer, layer.weight, MAX_M, ["cublas", "skinny"])
                 skinny = MAX_M if m16["cublas"] >= MIN_SPEEDUP * m16["skinny"] else 0
-            chosen[key] = Route(vector, skinny)
+            chosen[key] = Route(vector, skinny, m1_us={kind_name(k): round(us, 2) for k, us in m1.items()})
         layer.vector_config = chosen[key].vector
         layer.skinny_max_m = chosen[key].skinny_max_m
     return chosen

@@ -77,6 +77,8 @@ def test_choice_follows_the_measurement_per_shape():
     assert (model.a.vector_config, model.b.vector_config, model.c.vector_config) == (FAST, FAST, None)
     assert (model.a.skinny_max_m, model.c.skinny_max_m) == (MAX_M, 0)
     assert "vector 16x64" in str(chosen[(16, 32)]) and str(chosen[(16, 64)]) == "M=1 cublas"
+    # the timings the choice stands on travel with it, for benchmarks to print
+    assert chosen[(16, 32)].m1_us == {"cublas": 2.0, "vector 8x32/w4/s3": 1.5, "vector 16x64/w4/s3": 1.0}
 
 
 def test_a_candidate_that_fails_here_is_skipped_and_the_rest_still_compete(caplog):
