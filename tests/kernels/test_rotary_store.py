@@ -133,3 +133,68 @@ def test_start_up_checks_the_fused_kernel_and_falls_back_when_it_disagrees(monke
     backend = TritonAttention(extend_config=ExtendConfig(16, 16))
     backend.warm_up(layer, torch.float32, torch.float32, torch.device("cpu"))
     assert not backend.can_fuse_rotary(q)
+
+
+@pytest.mark.parametrize("pool_dtype", [torch.float32, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
+@pytest.mark.parametrize("splits", [2, 3])
+def test_rope_inside_decode_attention_gives_the_bytes_of_rotary_store_then_decode(pool_dtype, splits):
+    """Small decode batches rotate q and the newest k inside the attention kernel, which also writes
+    the new K/V (NewKV): the same output and pool bytes as rotary_store_kv then decode. The newest
+    key falls in a split's first tile (prefetched before the PDL wait elsewhere) and in a later one."""
+    from runtime.attention.triton.decode import NewKV, decode_attention_table
+
+    dtype = torch.float32 if pool_dtype == torch.float32 else torch.bfloat16
+    gen = torch.Generator().manual_seed(11)
+    seq_lens = [1, 17, 40, 70]  # block 16: newest key at 0, 16, 39, 69
+    _, q, k, v, cos, sin = _step(len(seq_lens), dtype, gen)
+    starts = torch.tensor([0, 1, 18, 58])
+    slots = 129
+    table = (torch.randperm(slots - 1, generator=gen) + 1).to(torch.int32)  # scattered; slot 0 nobody's
+    loc = table[starts + torch.tensor(seq_lens) - 1].to(torch.int64)
+    lengths = torch.tensor(seq_lens, dtype=torch.int32)
+    pools = [(torch.randn(slots, KV_HEADS, DIM, generator=gen) * 2).to(pool_dtype) for _ in range(2)]
+    config = DecodeConfig(block_n=16)
+    fused_pools = [p.clone() for p in pools]
+    q_before = q.clone()
+    fused = decode_attention_table(q, *fused_pools, table, starts, 1, lengths, DIM**-0.5, splits, config=config,
+                                   new_kv=NewKV(k, v, cos, sin, loc))
+    assert torch.equal(q, q_before)  # q is rotated in registers only
+    rotated = q.clone()
+    rotary_store_kv(pools[0], pools[1], loc, rotated, k, v, cos, sin)
+    plain = decode_attention_table(rotated, *pools, table, starts, 1, lengths, DIM**-0.5, splits, config=config)
+    assert torch.equal(fused.view(torch.uint8), plain.view(torch.uint8))
+    for ours, theirs in zip(fused_pools, pools):
+        assert torch.equal(ours.view(torch.uint8), theirs.view(torch.uint8))  # the new K/V, and nothing else
+
+
+def test_backend_rotates_inside_decode_only_for_several_splits_and_only_when_checked(monkeypatch):
+    """One-split (large, bandwidth-bound) batches keep rotary_store_kv; so does a device where the
+    start-up check of RoPE inside decode failed."""
+    import runtime.attention.triton.backend as backend_module
+
+    calls = []
+    real = backend_module.rotary_store_kv
+    monkeypatch.setattr(backend_module, "rotary_store_kv", lambda *a: calls.append(1) or real(*a))
+    layer = AttentionLayer(0, HEADS, KV_HEADS, DIM, scaling=DIM**-0.5)
+    outputs = {}
+    for label, splits, agrees in (("inside", 2, True), ("one split", 1, True), ("check failed", 2, False)):
+        monkeypatch.setattr(backend_module, "decode_rope_agrees", lambda *a, ok=agrees: ok)
+        backend = TritonAttention(num_splits=splits, decode_config=DecodeConfig(block_n=16),
+                                  extend_config=ExtendConfig(16, 16))
+        backend.warm_up(layer, torch.float32, torch.float32, torch.device("cpu"))
+        batch, gen = make_batch([6, 20, 33], [1, 1, 1], KV_HEADS, DIM, torch.float32, seed=5)
+        _, q, k, v, cos, sin = _step(batch.num_tokens, torch.float32, gen)
+        backend.prepare(batch)
+        calls.clear()
+        outputs[label] = backend.forward(q, k, v, layer, batch, rotary=(cos, sin))
+        assert len(calls) == (0 if label == "inside" else 1), label
+    torch.testing.assert_close(outputs["inside"], outputs["one split"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(outputs["inside"], outputs["check failed"])  # two splits both: the same arithmetic
+
+
+def test_start_up_check_of_rope_inside_decode_passes_here():
+    from runtime.attention.triton.backend import decode_rope_agrees
+
+    layer = AttentionLayer(0, HEADS, KV_HEADS, DIM, scaling=DIM**-0.5)
+    for kv_dtype in (torch.bfloat16, torch.float8_e4m3fn):
+        assert decode_rope_agrees(layer, torch.bfloat16, kv_dtype, torch.device("cpu"), DecodeConfig(block_n=16))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from runtime.attention.base import AttentionLayer, BaseAttentionBackend, register_attention_backend
-from runtime.attention.triton.decode import DecodeConfig, choose_num_splits, decode_attention_table
+from runtime.attention.triton.decode import DecodeConfig, NewKV, choose_num_splits, decode_attention_table
 from runtime.attention.triton.extend import ExtendConfig, default_extend_config, extend_attention
 from runtime.attention.triton.kv_store import can_rotate_and_store, rotary_store_agrees, rotary_store_kv, store_kv
 from runtime.forward_batch import ForwardBatch
@@ -83,6 +83,7 @@ class TritonAttention(BaseAttentionBackend):
         self._num_sms: dict[torch.device, int] = {}
         self._step_splits: int | None = None  # set for CUDA-graph steps, where it must not change
         self._rotary_checked = True  # until warm_up checks the fused RoPE + KV write on a GPU
+        self._decode_rope_checked = True  # likewise RoPE inside decode attention (NewKV)
 
     def prepare(self, batch: ForwardBatch) -> None:
         device = batch.req_to_token.device
@@ -121,6 +122,10 @@ class TritonAttention(BaseAttentionBackend):
                                                        kv_dtype, device)
             if not self._rotary_checked:
                 logger.warning("RoPE in the Triton KV write disagrees with torch on %s; the model rotates instead", device)
+            self._decode_rope_checked = self._rotary_checked and decode_rope_agrees(
+                layer, q_dtype, kv_dtype, device, self.decode_config)
+            if self._rotary_checked and not self._decode_rope_checked:
+                logger.warning("RoPE inside Triton decode attention disagrees with rotary_store_kv on %s; not used", device)
 
     # ------------------------------------------------------------------ CUDA graphs
     supports_cuda_graph = True
@@ -154,11 +159,21 @@ class TritonAttention(BaseAttentionBackend):
         )
 
     def forward_decode(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch, rotary=None) -> torch.Tensor:
-        k_buffer, v_buffer = self._store(q, k, v, layer, batch, rotary)
+        splits = self._decode_splits(batch.batch_size, layer.num_kv_heads, q.device)
+        new_kv = None
+        if rotary is not None and splits > 1 and self._decode_rope_checked:
+            # Small batches, where each launch shows: RoPE and the KV write happen in the attention
+            # kernel itself (decode.py), one launch a layer less. One-split batches are bandwidth-
+            # bound and keep rotary_store_kv.
+            assert self.metadata is not None, "prepare(batch) must run before the first layer"
+            new_kv = NewKV(k, v, *rotary, batch.out_cache_loc)
+            k_buffer, v_buffer = batch.kv_pool.k_buffers[layer.layer_id], batch.kv_pool.v_buffers[layer.layer_id]
+        else:
+            k_buffer, v_buffer = self._store(q, k, v, layer, batch, rotary)
         table = batch.req_to_token
         return decode_attention_table(
             q, k_buffer, v_buffer, table, batch.req_pool_indices, table.stride(0), batch.seq_lens, layer.scaling,
-            self._decode_splits(batch.batch_size, layer.num_kv_heads, q.device), config=self.decode_config,
+            splits, config=self.decode_config, new_kv=new_kv,
         )
 
     def can_fuse_rotary(self, q: torch.Tensor) -> bool:
@@ -184,3 +199,35 @@ class TritonAttention(BaseAttentionBackend):
             cuda = device.type == "cuda"
             self._num_sms[device] = torch.cuda.get_device_properties(device).multi_processor_count if cuda else CPU_NUM_SMS
         return choose_num_splits(batch_size, num_kv_heads, self.metadata.max_seq_len, self._num_sms[device])
+
+
+def decode_rope_agrees(layer: AttentionLayer, q_dtype: torch.dtype, kv_dtype: torch.dtype, device: torch.device,
+                       config: DecodeConfig) -> bool:
+    """A start-up check of RoPE inside decode attention (NewKV) against rotary_store_kv then decode,
+    on this device, for a few requests whose newest key falls in a first tile and in a later one:
+    the outputs within float rounding, and the pools' new K/V within one rounding step of their
+    format (bf16: the same bytes whenever the two compile their FMAs alike)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    heads, kv_heads, dim = layer.num_heads, layer.num_kv_heads, layer.head_dim
+    seq_lens = [1, config.block_n + 3, 3 * config.block_n + 1]
+    slots = sum(seq_lens) + 1
+    pools = [torch.randn(slots, kv_heads, dim, device=device, generator=gen).to(kv_dtype) for _ in range(2)]
+    table = torch.arange(1, slots, device=device, dtype=torch.int32)
+    starts = [0, seq_lens[0], seq_lens[0] + seq_lens[1]]
+    rows = torch.tensor(starts, device=device)
+    lengths = torch.tensor(seq_lens, device=device, dtype=torch.int32)
+    loc = (rows + lengths - 1 + 1).to(torch.int64)  # each request's newest slot (table[i] = i + 1)
+    batch = len(seq_lens)
+    q = torch.randn(batch, heads, dim, device=device, generator=gen).to(q_dtype)
+    k, v = (torch.randn(batch, kv_heads, dim, device=device, generator=gen).to(q_dtype) for _ in range(2))
+    angles = torch.rand(batch, dim // 2, device=device, generator=gen) * 6.0
+    cos, sin = angles.cos(), angles.sin()
+    fused_pools = [p.clone() for p in pools]
+    fused = decode_attention_table(q, *fused_pools, table, rows, 1, lengths, layer.scaling, 2, config=config,
+                                   new_kv=NewKV(k, v, cos, sin, loc))
+    rotated = q.clone()
+    rotary_store_kv(pools[0], pools[1], loc, rotated, k, v, cos, sin)
+    plain = decode_attention_table(rotated, *pools, table, rows, 1, lengths, layer.scaling, 2, config=config)
+    step = 0.13 if kv_dtype.itemsize == 1 else 0.01
+    same_pools = all(torch.allclose(a.float(), b.float(), rtol=step, atol=1e-2) for a, b in zip(fused_pools, pools))
+    return same_pools and torch.allclose(fused.float(), plain.float(), rtol=2e-2, atol=2e-2)

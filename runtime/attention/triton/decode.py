@@ -19,6 +19,11 @@ Slices of one request (seq_len tokens, num_splits programs, tiles of BLOCK_N):
     split_len = ceil(ceil(seq_len / num_splits) / BLOCK_N) * BLOCK_N
 
 Scores are kept in log2 units (scaled by log2(e)) so the kernels use exp2/log2.
+
+Small batches (several splits) are latency-bound, so stage 1 does two more things there: it loads its
+first KV tile before the PDL wait (keys of earlier steps only), and, given `NewKV`, it applies RoPE to
+q and to the step's new key itself and writes the new K/V into the pool, which saves the launch of
+rotary_store_kv (kv_store.py) in every layer.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import triton.language as tl
 from runtime import pdl
 from runtime.attention.triton.tile import attend_loaded_tile, attend_tile
 from runtime.pdl import enter_small_kernel, gdc_launch_dependents, gdc_wait
+from runtime.triton_interpreter import exact_bf16, exact_rounding, fp8_format, round_to_bf16, round_to_fp8
 
 LOG2_E = 1.4426950408889634
 MIN_DOT_ROWS = 16  # tl.dot needs at least 16 rows on the tensor cores
@@ -50,15 +56,30 @@ class DecodeConfig:
 # The batch's row and length tensors can be views at any offset (e.g. req_pool_indices packed behind
 # the positions, B int64s in), so their pointers must not be specialised on 16-byte alignment: that
 # would compile a second variant, mid-run, the first time an eager batch of odd size comes.
-@triton.jit(do_not_specialize_on_alignment=["row_ptr", "seq_lens_ptr"])
+@triton.jit
+def _rotate_half(x_ptrs, partner_ptrs, mask, cos, sin, first_half, QK_EXACT: tl.constexpr):
+    """RoPE (rotate-half) of the rows at x_ptrs, each element paired with the one at partner_ptrs
+    (half a head away), in float32 rounded to the rows' dtype: the rotary kernels' arithmetic
+    (kv_store.py), so the bits are theirs."""
+    x = tl.load(x_ptrs, mask=mask, other=0.0)
+    xf = x.to(tl.float32)
+    yf = tl.load(partner_ptrs, mask=mask, other=0.0).to(tl.float32)
+    # first half: x cos - y sin; second half: x cos + y sin (y = the first-half partner)
+    rotated = tl.where(first_half, xf * cos - yf * sin, xf * cos + yf * sin)
+    return round_to_bf16(rotated, QK_EXACT).to(x.dtype)
+
+
+@triton.jit(do_not_specialize_on_alignment=["row_ptr", "seq_lens_ptr", "loc_ptr"])
 def _decode_split_kernel(
     q_ptr, k_buffer_ptr, v_buffer_ptr, table_ptr, row_ptr, row_stride, seq_lens_ptr, mid_o_ptr, mid_lse_ptr,
     scale_log2,
     stride_q_b, stride_q_h, stride_buffer_s, stride_buffer_h,
     stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h, o_ptr, stride_o_b, stride_o_h,
+    k_new_ptr, v_new_ptr, cos_ptr, sin_ptr, loc_ptr, stride_kn_b, stride_kn_h, stride_vn_b, stride_vn_h, stride_cs,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
-    KV_VIA_F32: tl.constexpr,
+    KV_VIA_F32: tl.constexpr, ROPE: tl.constexpr, QK_EXACT: tl.constexpr, EXACT: tl.constexpr,
+    MANT_BITS: tl.constexpr, MIN_EXP: tl.constexpr,
 ):
     if PDL:  # a small kernel: the next one may launch now (runtime/pdl.py)
         gdc_launch_dependents()
@@ -97,10 +118,35 @@ def _decode_split_kernel(
     if PDL:
         gdc_wait()
     # q: [BLOCK_H, BLOCK_D], the group's query heads (padding rows are zero)
-    q = tl.load(
-        q_ptr + batch * stride_q_b + heads[:, None] * stride_q_h + offs_d[None, :],
-        mask=mask_h[:, None] & mask_d[None, :], other=0.0,
-    )
+    q_rows = q_ptr + batch * stride_q_b + heads[:, None] * stride_q_h
+    q_mask = mask_h[:, None] & mask_d[None, :]
+    if ROPE:
+        # RoPE here rather than in a kernel of its own: q and this step's k arrive unrotated. Every
+        # program rotates its group's q; the split that holds the newest key rotates it and writes
+        # it and v into the pool, as rotary_store_kv does, before any tile of it is read.
+        half = HEAD_DIM // 2
+        partner = (offs_d + half) % HEAD_DIM
+        first_half = offs_d < half
+        cos = tl.load(cos_ptr + batch * stride_cs + offs_d % half, mask=mask_d, other=0.0)
+        sin = tl.load(sin_ptr + batch * stride_cs + offs_d % half, mask=mask_d, other=0.0)
+        q = _rotate_half(q_rows + offs_d[None, :], q_rows + partner[None, :], q_mask, cos[None, :], sin[None, :],
+                         first_half[None, :], QK_EXACT)
+        new_pos = seq_len - 1
+        k_new = tl.zeros([BLOCK_D], dtype=k_buffer_ptr.dtype.element_ty)
+        v_new = tl.zeros([BLOCK_D], dtype=k_buffer_ptr.dtype.element_ty)
+        if (lo <= new_pos) & (new_pos < hi):
+            k_row = k_new_ptr + batch * stride_kn_b + kv_head * stride_kn_h
+            k_rot = _rotate_half(k_row + offs_d, k_row + partner, mask_d, cos, sin, first_half, QK_EXACT)
+            # stored as store_kv stores: via float32 (and the fp8 rounding the interpreter needs)
+            k_new = round_to_fp8(k_rot.to(tl.float32), EXACT, MANT_BITS, MIN_EXP).to(k_buffer_ptr.dtype.element_ty)
+            v_in = tl.load(v_new_ptr + batch * stride_vn_b + kv_head * stride_vn_h + offs_d, mask=mask_d, other=0.0)
+            v_new = round_to_fp8(v_in.to(tl.float32), EXACT, MANT_BITS, MIN_EXP).to(v_buffer_ptr.dtype.element_ty)
+            new_at = tl.load(loc_ptr + batch).to(tl.int64) * stride_buffer_s + kv_head_offset + offs_d
+            tl.store(k_buffer_ptr + new_at, k_new, mask=mask_d)
+            tl.store(v_buffer_ptr + new_at, v_new, mask=mask_d)
+        tl.debug_barrier()  # the loop below may read that key back from the pool, in other threads
+    else:
+        q = tl.load(q_rows + offs_d[None, :], mask=q_mask, other=0.0)
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
@@ -108,8 +154,12 @@ def _decode_split_kernel(
     if not SINGLE_SPLIT:
         first_new = (n_first == seq_len - 1) & first_in
         new_mask = first_new[:, None] & mask_d[None, :]
-        k_first = tl.where(new_mask, tl.load(k_buffer_ptr + first_offsets, mask=new_mask, other=0.0), k_first)
-        v_first = tl.where(new_mask, tl.load(v_buffer_ptr + first_offsets, mask=new_mask, other=0.0), v_first)
+        if ROPE:  # the newest key from registers
+            k_first = tl.where(new_mask, k_new[None, :], k_first)
+            v_first = tl.where(new_mask, v_new[None, :], v_first)
+        else:
+            k_first = tl.where(new_mask, tl.load(k_buffer_ptr + first_offsets, mask=new_mask, other=0.0), k_first)
+            v_first = tl.where(new_mask, tl.load(v_buffer_ptr + first_offsets, mask=new_mask, other=0.0), v_first)
         if lo < hi:
             acc, m_i, l_i = attend_loaded_tile(acc, m_i, l_i, q, k_first, v_first, first_in, scale_log2,
                                                DOT_PRECISION, KV_VIA_F32)
@@ -194,17 +244,38 @@ def decode_attention(
     )
 
 
+@dataclass(frozen=True)
+class NewKV:
+    """A decode step's own K and V, not yet in the pool and not yet rotated: `decode_attention_table`
+    rotates q and k by RoPE (rotate-half, like rotary_store_kv) and writes k and v at `loc`.
+    k, v: [B, KvH, D] (views with unit inner stride); cos, sin: [B, D/2] float32; loc: [B] slots."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    loc: torch.Tensor
+
+
 def decode_attention_table(
     q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
     table: torch.Tensor, rows: torch.Tensor, row_stride: int, seq_lens: torch.Tensor,
     scaling: float, num_splits: int, out: torch.Tensor | None = None, config: DecodeConfig = DecodeConfig(),
+    new_kv: NewKV | None = None,
 ) -> torch.Tensor:
     """`decode_attention` with request b's slots at table[rows[b] * row_stride + i], i < seq_lens[b]
-    (e.g. table = req_to_token flattened, rows = req_pool_indices, row_stride = its row length)."""
+    (e.g. table = req_to_token flattened, rows = req_pool_indices, row_stride = its row length).
+    With `new_kv`, q is unrotated and each request's newest key (at seq_lens[b] - 1) is new_kv's:
+    the kernel rotates and stores it (see NewKV), saving the launch of rotary_store_kv."""
     batch_size, num_heads, head_dim = q.shape
     num_kv_heads = k_buffer.shape[1]
     assert num_heads % num_kv_heads == 0 and q.stride(-1) == 1 and k_buffer.stride() == v_buffer.stride()
     assert table.is_contiguous()
+    if new_kv is not None:
+        assert head_dim & (head_dim - 1) == 0, "RoPE in decode takes power-of-two heads"
+        assert new_kv.k.stride(-1) == new_kv.v.stride(-1) == 1 and new_kv.cos.stride(-1) == 1
+        assert new_kv.cos.shape == new_kv.sin.shape == (batch_size, head_dim // 2)
+        assert new_kv.cos.stride(0) == new_kv.sin.stride(0) and new_kv.loc.shape == (batch_size,)
     group = num_heads // num_kv_heads
     block_d = triton.next_power_of_2(head_dim)
     out = torch.empty_like(q) if out is None else out
@@ -216,15 +287,22 @@ def decode_attention_table(
     mid_lse = torch.empty(mid_shape[:3], dtype=torch.float32, device=q.device)
     mid_strides = (mid_o.stride(0), mid_o.stride(1), mid_lse.stride(0), mid_lse.stride(1))
     launch_pdl = pdl.launch_args(q.device)
+    if new_kv is None:  # placeholders the kernel never reads (ROPE=False)
+        new_args = (q, q, q, q, rows, 0, 0, 0, 0, 0)
+    else:
+        k_new, v_new = new_kv.k, new_kv.v
+        new_args = (k_new, v_new, new_kv.cos, new_kv.sin, new_kv.loc, k_new.stride(0), k_new.stride(1),
+                    v_new.stride(0), v_new.stride(1), new_kv.cos.stride(0))
     _decode_split_kernel[(batch_size, num_kv_heads, num_splits)](
         q, k_buffer, v_buffer, table, rows, row_stride, seq_lens, mid_o, mid_lse,
         scaling * LOG2_E,
         q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1),
-        *mid_strides, out, out.stride(0), out.stride(1),
+        *mid_strides, out, out.stride(0), out.stride(1), *new_args,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_H=max(MIN_DOT_ROWS, triton.next_power_of_2(group)),
         BLOCK_D=block_d, BLOCK_N=config.block_n, DOT_PRECISION=dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages, SINGLE_SPLIT=num_splits == 1,
-        KV_VIA_F32=k_buffer.dtype != q.dtype, **launch_pdl,
+        KV_VIA_F32=k_buffer.dtype != q.dtype, ROPE=new_kv is not None, QK_EXACT=exact_bf16(q.dtype),
+        EXACT=exact_rounding(k_buffer.dtype), **fp8_format(k_buffer.dtype), **launch_pdl,
     )
     if num_splits == 1:
         return out
