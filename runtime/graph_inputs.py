@@ -62,6 +62,8 @@ def stage_decode_inputs(
         raise ValueError(f"stage_decode_inputs: {b} requests for a graph of {bs} rows "
                          f"(buffers of {static['input_ids'].shape[0]})")
     assert req_to_token.dtype == torch.int32 and req_to_token.stride(1) == 1
+    # NOTE: never with PDL. Decode attention reads the slot table, rows and lengths before its own
+    # PDL wait (decode.py), which is safe only because this kernel finishes before the graph starts.
     _stage_kernel[(triton.cdiv(bs, BLOCK),)](
         *sources,
         static["input_ids"], static["positions"], static["out_cache_loc"], static["req_pool_indices"],

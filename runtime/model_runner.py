@@ -202,7 +202,9 @@ class ModelRunner:
 
     @staticmethod
     def write_decode_slots(batch: ForwardBatch) -> None:
-        """req_to_token[row, position] = new slot for every request of a decode batch (idempotent)."""
+        """req_to_token[row, position] = new slot for every request of a decode batch (idempotent).
+        A torch op, ordered before the forward's kernels: decode attention reads the table before its
+        PDL wait (decode.py), so this write must never move into a PDL-launched kernel."""
         batch.req_to_token[batch.req_pool_indices, batch.positions] = batch.out_cache_loc.to(torch.int32)
 
     @torch.inference_mode()

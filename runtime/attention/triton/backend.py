@@ -204,9 +204,9 @@ class TritonAttention(BaseAttentionBackend):
 def decode_rope_agrees(layer: AttentionLayer, q_dtype: torch.dtype, kv_dtype: torch.dtype, device: torch.device,
                        config: DecodeConfig) -> bool:
     """A start-up check of RoPE inside decode attention (NewKV) against rotary_store_kv then decode,
-    on this device, for a few requests whose newest key falls in a first tile and in a later one:
-    the outputs within float rounding, and the pools' new K/V within one rounding step of their
-    format (bf16: the same bytes whenever the two compile their FMAs alike)."""
+    on this device, for a few requests whose newest key falls in a first tile and in a later one.
+    Both round the same float32 formulas (an sm_90 compile gave both the same FMAs), so the pools
+    and the outputs must be the same bytes: a stale key or a rotation compiled otherwise fails."""
     gen = torch.Generator(device=device).manual_seed(0)
     heads, kv_heads, dim = layer.num_heads, layer.num_kv_heads, layer.head_dim
     seq_lens = [1, config.block_n + 3, 3 * config.block_n + 1]
@@ -228,6 +228,5 @@ def decode_rope_agrees(layer: AttentionLayer, q_dtype: torch.dtype, kv_dtype: to
     rotated = q.clone()
     rotary_store_kv(pools[0], pools[1], loc, rotated, k, v, cos, sin)
     plain = decode_attention_table(rotated, *pools, table, rows, 1, lengths, layer.scaling, 2, config=config)
-    step = 0.13 if kv_dtype.itemsize == 1 else 0.01
-    same_pools = all(torch.allclose(a.float(), b.float(), rtol=step, atol=1e-2) for a, b in zip(fused_pools, pools))
-    return same_pools and torch.allclose(fused.float(), plain.float(), rtol=2e-2, atol=2e-2)
+    same_pools = all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(fused_pools, pools))
+    return same_pools and torch.equal(fused, plain)

@@ -88,8 +88,8 @@ def _decode_split_kernel(
     split = tl.program_id(2)
     num_splits = tl.num_programs(2)
     # Read before the PDL wait: the rows, lengths and slot table are written before the forward
-    # pass (by host copies or the CUDA-graph runner's copies, which finish before our first kernel
-    # starts), never by one of its kernels.
+    # pass (host copies, the CUDA-graph staging kernel or the torch scatter: none launched with PDL,
+    # so each finishes before any later kernel starts), never by one of its kernels.
     kv_start = tl.load(row_ptr + batch).to(tl.int64) * row_stride
     seq_len = tl.load(seq_lens_ptr + batch).to(tl.int32)
     # whole tiles per split: only a request's last tile is partly masked
@@ -107,14 +107,16 @@ def _decode_split_kernel(
     if not SINGLE_SPLIT:
         # Small batches (several splits) are latency-bound: the first tile's keys and values load
         # while the kernels before us still run. Only keys of earlier steps may: this step's key, at
-        # seq_len - 1, is written by the store kernel just before us, so it loads after the wait.
+        # seq_len - 1, is written in this layer (by rotary_store_kv before us, or below with NewKV),
+        # so it comes after the wait. Through L2 (.cg): nothing rests on L1 being fresh.
         n_first = lo + offs_n
         first_in = n_first < hi
         first_old = (n_first < seq_len - 1) & first_in
         first_slots = tl.load(table_ptr + kv_start + n_first, mask=first_in, other=0).to(tl.int64)
         first_offsets = first_slots[:, None] * stride_buffer_s + kv_head_offset + offs_d[None, :]
-        k_first = tl.load(k_buffer_ptr + first_offsets, mask=first_old[:, None] & mask_d[None, :], other=0.0)
-        v_first = tl.load(v_buffer_ptr + first_offsets, mask=first_old[:, None] & mask_d[None, :], other=0.0)
+        old_mask = first_old[:, None] & mask_d[None, :]
+        k_first = tl.load(k_buffer_ptr + first_offsets, mask=old_mask, other=0.0, cache_modifier=".cg")
+        v_first = tl.load(v_buffer_ptr + first_offsets, mask=old_mask, other=0.0, cache_modifier=".cg")
     if PDL:
         gdc_wait()
     # q: [BLOCK_H, BLOCK_D], the group's query heads (padding rows are zero)
