@@ -67,3 +67,45 @@ def test_mismatched_or_oversized_steps_are_refused():
         stage_decode_inputs(ids, positions, slots, rows, seq_lens, _static(), table, 2, PAD_ROW)
     with pytest.raises(ValueError, match="buffers of 300"):
         stage_decode_inputs(ids, positions, slots, rows, seq_lens, _static(), table, MAX_BS + 1, PAD_ROW)
+
+
+def test_graph_replay_stages_the_batch_then_replays_the_graph_of_the_next_size():
+    """CudaGraphRunner.replay's glue, on the CPU with a stand-in graph: the batch's rows land in the
+    static buffers, padding up to the captured size, its slots in the table, and then that size's
+    graph replays (capture itself needs CUDA)."""
+    from runtime.cuda_graph_runner import CudaGraphRunner
+    from runtime.forward_batch import ForwardBatch, ForwardMode
+
+    replayed = []
+
+    class FakeGraph:
+        def __init__(self, bs):
+            self.bs = bs
+
+        def replay(self):
+            replayed.append(self.bs)
+
+    class FakeAttention:
+        def prepare_cuda_graph_decode(self, batch):
+            assert batch.batch_size == 4 and batch.seq_lens_cpu.tolist()[:3] == seq_lens.tolist()
+
+    runner = object.__new__(CudaGraphRunner)  # no capture: the attributes replay reads
+    runner.batch_sizes, runner.max_bs, runner.pad_row = [1, 2, 4, 8], 8, PAD_ROW
+    static = _static()
+    runner.input_ids, runner.positions, runner.out_cache_loc = static["input_ids"], static["positions"], static["out_cache_loc"]
+    runner.req_pool_indices, runner.seq_lens = static["req_pool_indices"], static["seq_lens"]
+    runner.static_inputs = static
+    runner.attn, runner.graphs = FakeAttention(), {bs: FakeGraph(bs) for bs in runner.batch_sizes}
+    runner.logits = torch.arange(8 * 5, dtype=torch.float32).view(8, 5)
+    ids, positions, slots, rows, seq_lens = _step(3, 1, seed=9)
+    table = torch.zeros(PAD_ROW + 1, 64, dtype=torch.int32)
+    table_pool = type("Pool", (), {"req_to_token": table})()
+    runner.runner = type("Runner", (), {"req_to_token_pool": table_pool, "kv_pool": None})()
+    batch = ForwardBatch(mode=ForwardMode.DECODE, batch_size=3, input_ids=ids, positions=positions,
+                         req_pool_indices=rows, seq_lens=seq_lens, out_cache_loc=slots, req_to_token=table,
+                         kv_pool=None, seq_lens_cpu=seq_lens.to(torch.int64))
+    logits = runner.replay(batch)
+    assert replayed == [4] and torch.equal(logits, runner.logits[:3])
+    assert torch.equal(static["out_cache_loc"][:4], torch.cat([slots, torch.zeros(1, dtype=torch.int64)]))
+    assert static["req_pool_indices"][3] == PAD_ROW and static["seq_lens"][3] == 1
+    assert torch.equal(table[rows, positions], slots.to(torch.int32))
