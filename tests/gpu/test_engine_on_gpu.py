@@ -10,8 +10,10 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
+# Graphs up to batch 8 cover these 4-prompt batches; capturing the default ~40 sizes took ~1 min an engine.
+SMALL_GRAPHS = {"cuda_graph_max_bs": 8}
 VARIANTS = {
-    "triton+graphs": {},
+    "triton+graphs": SMALL_GRAPHS,
     "triton eager": {"disable_cuda_graph": True},
     "chunked prefill 5": {"chunked_prefill_size": 5},
     "torch_native": {"attention_backend": "torch_native"},
@@ -58,7 +60,8 @@ def test_steady_decode_never_waits_for_the_gpu(setup, tiny_model_dir, backend):
         pytest.importorskip("flashinfer")
         # head_dim 128, a size FlashInfer's kernels are built for
         path = tiny_model_dir("llama", hidden_size=512, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=1024)
-    with checked_engine(model_path=path, dtype="bfloat16", device="cuda", attention_backend=backend) as engine:
+    with checked_engine(model_path=path, dtype="bfloat16", device="cuda", attention_backend=backend,
+                        **SMALL_GRAPHS) as engine:
         sched = engine.scheduler
         errors, armed = [], threading.Event()
         launch_decode = sched._launch_decode
@@ -131,7 +134,8 @@ def test_fp8_kv_store_rounds_like_torch_and_the_engine_serves_from_it(setup, dty
     kv = {torch.float8_e4m3fn: "fp8_e4m3", torch.float8_e5m2: "fp8_e5m2"}[dtype]
     outs = []
     for graphs_off in (False, True):
-        with checked_engine(model_path=path, dtype="bfloat16", kv_cache_dtype=kv, disable_cuda_graph=graphs_off) as engine:
+        with checked_engine(model_path=path, dtype="bfloat16", kv_cache_dtype=kv, disable_cuda_graph=graphs_off,
+                            **SMALL_GRAPHS) as engine:
             got = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": 16, "temperature": 0, "ignore_eos": True})
             outs.append([g["output_ids"] for g in got])
     assert outs[0] == outs[1]

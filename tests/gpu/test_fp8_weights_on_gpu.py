@@ -124,7 +124,8 @@ def test_fp8_engine_graphs_equal_eager(tiny_model_dir):
     params = {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True}
     runs = {}
     for graphs in (True, False):
-        with checked_engine(model_path=path, dtype="bfloat16", quantization="fp8", disable_cuda_graph=not graphs) as engine:
+        with checked_engine(model_path=path, dtype="bfloat16", quantization="fp8", disable_cuda_graph=not graphs,
+                            cuda_graph_max_bs=8) as engine:  # 3 prompts; the default ~40 sizes take ~1 min
             layer = engine.runner.model.model.layers[0].mlp.down_proj
             assert layer.weight.dtype == torch.float8_e4m3fn
             runs[graphs] = [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)]

@@ -75,7 +75,7 @@ def test_batch1_decode_on_our_kernels_tracks_cublas(tiny_model_dir):
     for label, bar in (("ours", 0.0), ("cublas", float("inf"))):
         matmul_choice.MIN_SPEEDUP_VECTOR = bar  # 0: any kernel of ours wins; inf: cuBLAS always
         try:
-            with checked_engine(model_path=path, dtype="bfloat16") as engine:
+            with checked_engine(model_path=path, dtype="bfloat16", cuda_graph_max_bs=4) as engine:  # one request
                 routes = engine.runner.matmul_routes
                 out = engine.generate(input_ids=prompt, sampling_params=params, return_logprob=True, top_logprobs_num=5)
         finally:
