@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from runtime.model.gemv import MAX_M
-from runtime.model.matvec import VectorConfig
+from runtime.model.matvec import VectorConfig, tma_fits
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,9 @@ def choose_matmul_routes(
                 _spin_up(layer.weight)
                 spun_up = True
             scale = {"weight_scale": layer.weight_scale} if fp8 else {}
-            candidates = fp8_vector_candidates if fp8 else vector_candidates
+            # a copy-engine shape the weight cannot take would time the plain kernel again
+            candidates = [c for c in (fp8_vector_candidates if fp8 else vector_candidates)
+                          if not c.tma or tma_fits(layer.weight, c)]
             fused = {"fused_input": fused_input} if fused_input else {}
             m1 = _least_times(timer, layer.weight, 1, ["cublas", *candidates], **scale, **fused)
             best = min(candidates, key=lambda c: m1[c], default=None)

@@ -104,6 +104,24 @@ def test_a_candidate_that_fails_here_is_skipped_and_the_rest_still_compete(caplo
                              eligible=lambda w: True, vector_candidates=(SLOW,))
 
 
+def test_copy_engine_shapes_are_timed_only_where_the_weight_can_take_them(monkeypatch):
+    """On a GPU before Hopper (or a weight the copy engine cannot address) those shapes would only
+    time the plain kernel again, at start-up cost: they are not tried."""
+    import runtime.model.matmul_choice as matmul_choice
+
+    tma = VectorConfig(block_n=16, block_k=32, num_stages=4, tma=True)
+    for fits in (True, False):
+        monkeypatch.setattr(matmul_choice, "tma_fits", lambda weight, config, ok=fits: ok)
+        timed = set()
+
+        def timer(kind, weight, m):
+            timed.add(kind)
+            return 1.0
+
+        choose_matmul_routes(_Model(), timer=timer, eligible=lambda w: True, vector_candidates=(FAST, tma))
+        assert (tma in timed) == fits and FAST in timed
+
+
 def test_routes_name_the_copy_engine_shape():
     tma = VectorConfig(block_n=16, block_k=256, num_stages=8, tma=True)
     assert str(Route(tma)) == "M=1 vector 16x256/w4/s8/tma"
