@@ -48,11 +48,10 @@ class CudaGraphRunner:
         self.seq_lens = torch.ones(self.max_bs, dtype=torch.int32, device=dev)
         self.static_inputs = dict(input_ids=self.input_ids, positions=self.positions, out_cache_loc=self.out_cache_loc,
                                   req_pool_indices=self.req_pool_indices, seq_lens=self.seq_lens)
-        self._stage(ForwardBatch(  # compiles the staging kernel now, not at the first step (all rows padding)
-            mode=ForwardMode.DECODE, batch_size=0, input_ids=self.input_ids[:0], positions=self.positions[:0],
-            req_pool_indices=self.req_pool_indices[:0], seq_lens=self.seq_lens[:0], out_cache_loc=self.out_cache_loc[:0],
-            req_to_token=pool.req_to_token, kv_pool=runner.kv_pool, seq_lens_cpu=torch.ones(0, dtype=torch.int64)),
-            self.max_bs)
+        # compile the staging kernel now, not at the first step: no requests, every row padding
+        empty = [self.static_inputs[name][:0] for name in ("input_ids", "positions", "out_cache_loc", "req_pool_indices",
+                                                           "seq_lens")]
+        stage_decode_inputs(*empty, self.static_inputs, pool.req_to_token, self.max_bs, self.pad_row)
         self.logits = torch.zeros(self.max_bs, runner.vocab_size, dtype=torch.float32, device=dev)
         self.attn.init_cuda_graph_state(self.max_bs, runner.context_len + 1, dev, self.model.attention_layer, runner.dtype)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}

@@ -170,6 +170,17 @@ def _input_statistics(x_ptr, res_ptr, res_out_ptr, norm_ptr, K, eps, pid, offs_k
 
 
 @triton.jit
+def _store_rows(acc, y_ptr, w_scale_ptr, offs_n, mask_n, x_scale, PDL: tl.constexpr, HAS_SCALE: tl.constexpr):
+    """The end of both kernels: per-lane products summed into each row's output, scaled for fp8."""
+    if PDL:
+        gdc_launch_dependents()  # after the loop, so the next kernel's programs don't take our SM slots
+    y = tl.sum(acc, axis=1)
+    if HAS_SCALE:  # fp8 operands: x's scale and each weight row's, once per output
+        y = y * x_scale * tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0)
+    tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit
 def _vector_kernel(
     x_ptr, w_ptr, y_ptr, res_ptr, res_out_ptr, norm_ptr, w_scale_ptr, N, K, stride_wn, eps,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
@@ -198,12 +209,7 @@ def _vector_kernel(
         x_tile = _operand_tile(x_ptr, res_ptr, norm_ptr, k, mask_k, K, rstd, x_inverse,
                                INPUT, HAS_RESIDUAL, HAS_SCALE, EXACT)
         acc += w.to(tl.float32) * x_tile[None, :]
-    if PDL:
-        gdc_launch_dependents()  # after the loop, so the next kernel's programs don't take our SM slots
-    y = tl.sum(acc, axis=1)
-    if HAS_SCALE:  # fp8 operands: x's scale and each weight row's, once per output
-        y = y * x_scale * tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0)
-    tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
+    _store_rows(acc, y_ptr, w_scale_ptr, offs_n, mask_n, x_scale, PDL, HAS_SCALE)
 
 
 @triton.jit
@@ -242,12 +248,7 @@ def _vector_tma_kernel(
     x_first = _operand_tile(x_ptr, res_ptr, norm_ptr, offs_k, offs_k < K, K, rstd, x_inverse,
                             INPUT, HAS_RESIDUAL, HAS_SCALE, EXACT)
     acc += w_first.to(tl.float32) * x_first[None, :]
-    if PDL:
-        gdc_launch_dependents()
-    y = tl.sum(acc, axis=1)
-    if HAS_SCALE:
-        y = y * x_scale * tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0)
-    tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
+    _store_rows(acc, y_ptr, w_scale_ptr, offs_n, mask_n, x_scale, PDL, HAS_SCALE)
 
 
 def vector_matmul(
