@@ -16,10 +16,10 @@ from benchmarks.bench_gpu import model_dir, workload
 KERNEL_KINDS = (  # first match wins; names as CUPTI reports them
     ("decode attention", ("_decode_split_kernel", "_decode_merge_kernel", "BatchDecode")),
     ("extend attention", ("_extend_kernel", "BatchPrefill", "flash")),
-    ("matmul", ("nvjet", "gemm", "gemv", "cutlass", "sm90_xmma", "_vector_kernel", "_skinny_matmul_kernel")),
-    ("norm/silu/rotary/store", ("_rms_norm", "_silu_mul", "_rotary", "_store_kv", "_add_rms")),
-    ("sampling", ("ArgMax", "argmax", "softmax", "topk", "sort", "_sample", "exponential", "Max", "Sum")),
-    ("copies", ("copy", "Memcpy", "memcpy", "Memset", "Cat", "gather", "index", "fill")),
+    ("matmul", ("nvjet", "gemm", "gemv", "cutlass", "sm90_xmma", "_vector_kernel", "_vector_tma_kernel", "_skinny_matmul_kernel")),
+    ("norm/silu/rotary/store", ("_rms_norm", "_silu_mul", "_rotary", "_store_kv", "_add_rms", "_quantize_rows")),
+    ("sampling", ("ArgMax", "argmax", "_chunk_argmax", "_pick_chunk", "softmax", "topk", "sort", "_sample", "exponential", "Max", "Sum")),
+    ("copies", ("copy", "Memcpy", "memcpy", "Memset", "Cat", "gather", "index", "fill", "_stage_kernel")),
 )
 
 

@@ -35,7 +35,12 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, scale_ptr, n_c
         x = x + tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0)  # added in the model dtype
         tl.store(res_out_ptr + row * n_cols + cols, x, mask=mask)
     xf = x.to(tl.float32)
-    variance = tl.sum(xf * xf, axis=0) / n_cols
+    # The squares summed in float64, where a 16-bit row's sum is exact (or all but), so it does not
+    # depend on the order of the reduction, which follows the layout: the QUANTIZE variant spreads a
+    # row 16 to a thread (fp8 stores) and the plain one 8, and in float32 their 1/rms differed in
+    # the last bit for ~1 row in 20,000, which flipped an e4m3 rounding now and then on an H200.
+    sum_sq = tl.sum(xf.to(tl.float64) * xf.to(tl.float64), axis=0)
+    variance = (sum_sq / n_cols).to(tl.float32)
     normed = (xf * tl.rsqrt(variance + eps)).to(x.dtype)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0)
     y = (w.to(tl.float32) * normed.to(tl.float32)).to(x.dtype)

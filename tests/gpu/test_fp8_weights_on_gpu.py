@@ -75,21 +75,26 @@ def test_silu_mul_quantiser_is_silu_and_mul_then_the_row_quantiser_on_the_gpu(ro
 @pytest.mark.parametrize("with_residual", [True, False])
 def test_norm_quantiser_is_the_norm_kernel_then_the_row_quantiser_on_the_gpu(with_residual):
     """An fp8 projection's input after a norm, from the norm's kernel: the bytes and scales of the
-    norm kernel's bf16 output quantised, and the same residual stream, at the 8B hidden size."""
+    norm kernel's bf16 output quantised, and the same residual stream, at the 8B hidden size. With
+    the squares summed in float32 the two kernels' 1/rms differed in the last bit now and then (they
+    spread a row over threads differently): 17 of 150 seeds had a flipped e4m3 code on an H200, among
+    them 12, 31, 37 and 39, so 40 seeds run here."""
     from runtime.model import fp8, fused
 
-    x = torch.randn(300, 4096, device="cuda", dtype=torch.bfloat16) * 2
-    residual = torch.randn_like(x) if with_residual else None
-    weight = (torch.rand(4096, device="cuda") + 0.5).to(torch.bfloat16)
-    if with_residual:
-        normed, want_stream = fused.rms_norm(x, weight, 1e-5, residual=residual)
-    else:
-        normed, want_stream = fused.rms_norm(x, weight, 1e-5), x
-    want_q, want_scale = fp8.quantize_rows(normed)
-    q, scale, stream = fused.rms_norm_fp8(x, weight, 1e-5, residual)
-    assert torch.equal(scale, want_scale)
-    assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8))
-    assert torch.equal(stream, want_stream)
+    for seed in range(40):
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        x = torch.randn(300, 4096, device="cuda", dtype=torch.bfloat16, generator=gen) * 2
+        residual = torch.randn(x.shape, device="cuda", generator=gen).to(x.dtype) if with_residual else None
+        weight = (torch.rand(4096, device="cuda", generator=gen) + 0.5).to(torch.bfloat16)
+        if with_residual:
+            normed, want_stream = fused.rms_norm(x, weight, 1e-5, residual=residual)
+        else:
+            normed, want_stream = fused.rms_norm(x, weight, 1e-5), x
+        want_q, want_scale = fp8.quantize_rows(normed)
+        q, scale, stream = fused.rms_norm_fp8(x, weight, 1e-5, residual)
+        assert torch.equal(scale, want_scale), seed
+        assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8)), seed
+        assert torch.equal(stream, want_stream), seed
 
 
 def test_norm_input_on_fp8_weights_takes_the_same_operands_as_the_unfused_path():

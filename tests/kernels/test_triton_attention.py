@@ -186,6 +186,51 @@ def test_decode_with_more_splits_than_kv_tiles_leaves_no_gaps():
     assert_close(actual, expected, torch.float32)
 
 
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,num_splits", [
+    (4, 2, 32, 3),    # one chunk of splits
+    (6, 2, 16, 5),    # a group of 3 heads, padded to 4
+    (8, 1, 64, 40),   # 40 splits in chunks of 16 (MERGE_TILE / (8 heads x 64)); short requests leave most empty
+    (8, 1, 128, 21),  # chunks of 8
+])
+def test_merging_in_the_last_split_gives_the_merge_kernels_bits_and_leaves_the_counters_zero(
+        num_heads, num_kv_heads, head_dim, num_splits):
+    from runtime.attention.triton.decode import decode_attention_table, merge_workspace
+
+    # the longest request fills more splits than one chunk holds, so the running maximum moves
+    batch, gen = decode_batch([1, 17, 40, 700], num_kv_heads, head_dim, torch.float32)
+    pool, table = batch.kv_pool, batch.req_to_token
+    q = torch.randn(4, num_heads, head_dim, generator=gen).to(DEVICE)
+    args = (q, pool.k_buffers[1], pool.v_buffers[1], table, batch.req_pool_indices, table.stride(0), batch.seq_lens,
+            head_dim**-0.5, num_splits)
+    counters = merge_workspace(4 + 3, num_kv_heads, DEVICE)  # larger than needed: the rest is untouched
+    merged_in_split = decode_attention_table(*args, config=SMALL_DECODE, arrivals=counters)
+    assert torch.count_nonzero(counters) == 0
+    again = decode_attention_table(*args, config=SMALL_DECODE, arrivals=counters)  # the counters are reusable
+    merge_kernel = decode_attention_table(*args, config=SMALL_DECODE)
+    assert torch.equal(merged_in_split, merge_kernel) and torch.equal(again, merge_kernel)
+    unsplit = decode_attention_table(*args[:-1], 1, config=SMALL_DECODE)  # no merge at all
+    assert_close(merged_in_split, unsplit, torch.float32)
+    with pytest.raises(AssertionError, match="smaller than B x KvH"):
+        decode_attention_table(*args, config=SMALL_DECODE, arrivals=merge_workspace(3, num_kv_heads, DEVICE))
+
+
+def test_the_backend_merges_in_the_split_and_keeps_outgrown_counters():
+    batch, gen = decode_batch([5, 40, 28], 2, 32, torch.float32)
+    backend = TritonAttention(num_splits=3, decode_config=SMALL_DECODE)
+    actual, expected, _, _ = run_both(batch, gen, 8, backend, torch.float32)
+    assert_close(actual, expected, torch.float32)
+    first = backend._arrivals[DEVICE]
+    assert first.numel() == 3 * 2 and torch.count_nonzero(first) == 0
+    bigger, gen = decode_batch([5, 40, 28, 9, 12], 2, 32, torch.float32)
+    actual, expected, _, _ = run_both(bigger, gen, 8, backend, torch.float32)
+    assert_close(actual, expected, torch.float32)
+    assert backend._arrivals[DEVICE].numel() == 12 and backend._outgrown == [first]  # a graph may still read it
+    plain = TritonAttention(num_splits=3, decode_config=SMALL_DECODE, merge_in_split=False)
+    actual, expected, _, _ = run_both(*decode_batch([5, 40, 28], 2, 32, torch.float32), 8, plain, torch.float32)
+    assert_close(actual, expected, torch.float32)
+    assert not plain._arrivals  # the merge kernel ran
+
+
 def test_flat_index_form_and_table_form_agree():
     # the backend reads the req→token table; benchmarks and tools pass kv_indptr / kv_indices
     from runtime.attention.triton.decode import decode_attention, decode_attention_table

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from runtime.attention.base import AttentionLayer, BaseAttentionBackend, register_attention_backend
-from runtime.attention.triton.decode import DecodeConfig, NewKV, choose_num_splits, decode_attention_table
+from runtime.attention.triton.decode import DecodeConfig, NewKV, choose_num_splits, decode_attention_table, merge_workspace
 from runtime.attention.triton.extend import ExtendConfig, default_extend_config, extend_attention
 from runtime.attention.triton.kv_store import can_rotate_and_store, rotary_store_agrees, rotary_store_kv, store_kv
 from runtime.forward_batch import ForwardBatch
@@ -65,7 +65,8 @@ class TritonAttention(BaseAttentionBackend):
     `num_splits` forces the decode split count (tests, benchmarks); by default it is chosen per step
     from the batch size, the KV heads, the longest sequence and the SM count. `extend_config` forces
     the extend kernel's launch shape; by default it follows the head size (`default_extend_config`).
-    Unknown keyword arguments (device, num_heads, ...) are accepted and ignored, like every
+    `merge_in_split` lets the last split of each request and KV head merge the splits (decode.py),
+    so split steps launch one kernel a layer instead of two. Unknown keyword arguments (device, num_heads, ...) are accepted and ignored, like every
     backend's factory.
     """
 
@@ -74,9 +75,13 @@ class TritonAttention(BaseAttentionBackend):
         num_splits: int | None = None,
         decode_config: DecodeConfig = DEFAULT_DECODE_CONFIG,
         extend_config: ExtendConfig | None = None,
+        merge_in_split: bool = True,
         **_unused,
     ):
         self.num_splits = num_splits
+        self.merge_in_split = merge_in_split
+        self._arrivals: dict[torch.device, torch.Tensor] = {}  # merge_in_split's counters, per device
+        self._outgrown: list[torch.Tensor] = []
         self.decode_config = decode_config
         self.extend_config = extend_config
         self.metadata: TritonMetadata | None = None
@@ -133,8 +138,10 @@ class TritonAttention(BaseAttentionBackend):
     def init_cuda_graph_state(
         self, max_bs: int, max_context_len: int, device: torch.device, layer: AttentionLayer, dtype: torch.dtype
     ) -> None:
-        # decode reads the runner's static batch tensors and the req→token table: no buffers of our own
+        # decode reads the runner's static batch tensors and the req→token table; its one buffer of
+        # its own, the merge counters, is made now for every graph's batch size (not while capturing)
         self._graph_max_context_len = max_context_len
+        self._merge_counters(max_bs, layer.num_kv_heads, device)
         self._graph_splits: dict[int, int] = {}
 
     def prepare_cuda_graph_decode(self, batch: ForwardBatch) -> None:
@@ -171,10 +178,31 @@ class TritonAttention(BaseAttentionBackend):
         else:
             k_buffer, v_buffer = self._store(q, k, v, layer, batch, rotary)
         table = batch.req_to_token
+        arrivals = self._merge_counters(batch.batch_size, layer.num_kv_heads, q.device) if splits > 1 else None
         return decode_attention_table(
             q, k_buffer, v_buffer, table, batch.req_pool_indices, table.stride(0), batch.seq_lens, layer.scaling,
-            splits, config=self.decode_config, new_kv=new_kv,
+            splits, config=self.decode_config, new_kv=new_kv, arrivals=arrivals,
         )
+
+    def _merge_counters(self, batch_size: int, num_kv_heads: int, device: torch.device) -> torch.Tensor | None:
+        """The arrival counters for a split step of `batch_size` requests (None: the merge kernel
+        runs). Every layer's launch shares them: each leaves them zero, and launches are in stream
+        order. They grow only outside graph capture, and an outgrown buffer is kept, since a
+        captured graph still reads it."""
+        if not self.merge_in_split:
+            return None
+        if device.type == "cuda" and device.index is None:  # one key per GPU: "cuda" and "cuda:0" alike
+            device = torch.device("cuda", torch.cuda.current_device())
+        needed = batch_size * num_kv_heads
+        counters = self._arrivals.get(device)
+        if counters is None or counters.numel() < needed:
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                return None
+            if counters is not None:
+                self._outgrown.append(counters)
+            size = max(needed, 2 * counters.numel() if counters is not None else 0)
+            counters = self._arrivals[device] = merge_workspace(size, 1, device)
+        return counters
 
     def can_fuse_rotary(self, q: torch.Tensor) -> bool:
         return self._rotary_checked and can_rotate_and_store(q)

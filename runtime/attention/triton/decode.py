@@ -10,8 +10,10 @@ table[row[b] * row_stride + i] and it has seq_lens[b] tokens. The engine passes 
 (row = the request's pool row), so a decode step builds no index list at all, on the host or the
 GPU, and a CUDA graph reads the live table. `decode_attention` also takes the flat kv_indptr /
 kv_indices form (row = kv_indptr, row_stride = 1).
-Stage 2, grid (batch, head): merges the splits with their log-sum-exps. With one split (large
-batches) stage 1 writes the final output itself and stage 2 does not run.
+Stage 2, grid (batch, kv_head): merges the splits of a group's query heads with their log-sum-exps.
+With one split (large batches) stage 1 writes the final output itself and stage 2 does not run.
+Given a workspace of arrival counters, stage 2 does not launch either: the last split of each
+(request, KV head) to finish counts the others in and merges them (the "last block" reduction).
 
 Slices of one request (seq_len tokens, num_splits programs, tiles of BLOCK_N):
 
@@ -42,6 +44,7 @@ from runtime.triton_interpreter import exact_bf16, exact_rounding, fp8_format, r
 
 LOG2_E = 1.4426950408889634
 MIN_DOT_ROWS = 16  # tl.dot needs at least 16 rows on the tensor cores
+MERGE_TILE = 8192  # float32 values of partial outputs stage 2 holds at once (64 a thread at 4 warps)
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ class DecodeConfig:
 
 # The batch's row and length tensors can be views at any offset (e.g. req_pool_indices packed behind
 # the positions, B int64s in), so their pointers must not be specialised on 16-byte alignment: that
-# would compile a second variant, mid-run, the first time an eager batch of odd size comes.
+# would compile a second variant, mid-run, the first time an eager batch of odd size comes. The same
+# for the pointers that get `rows` as a placeholder when unused (loc_ptr, arrivals_ptr).
 @triton.jit
 def _rotate_half(x_ptrs, partner_ptrs, mask, cos, sin, first_half, QK_EXACT: tl.constexpr):
     """RoPE (rotate-half) of the rows at x_ptrs, each element paired with the one at partner_ptrs
@@ -69,17 +73,19 @@ def _rotate_half(x_ptrs, partner_ptrs, mask, cos, sin, first_half, QK_EXACT: tl.
     return round_to_bf16(rotated, QK_EXACT).to(x.dtype)
 
 
-@triton.jit(do_not_specialize_on_alignment=["row_ptr", "seq_lens_ptr", "loc_ptr"])
+@triton.jit(do_not_specialize_on_alignment=["row_ptr", "seq_lens_ptr", "loc_ptr", "arrivals_ptr"])
 def _decode_split_kernel(
     q_ptr, k_buffer_ptr, v_buffer_ptr, table_ptr, row_ptr, row_stride, seq_lens_ptr, mid_o_ptr, mid_lse_ptr,
     scale_log2,
     stride_q_b, stride_q_h, stride_buffer_s, stride_buffer_h,
     stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h, o_ptr, stride_o_b, stride_o_h,
     k_new_ptr, v_new_ptr, cos_ptr, sin_ptr, loc_ptr, stride_kn_b, stride_kn_h, stride_vn_b, stride_vn_h, stride_cs,
+    arrivals_ptr,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
     KV_VIA_F32: tl.constexpr, ROPE: tl.constexpr, QK_EXACT: tl.constexpr, EXACT: tl.constexpr,
-    MANT_BITS: tl.constexpr, MIN_EXP: tl.constexpr,
+    MANT_BITS: tl.constexpr, MIN_EXP: tl.constexpr, MERGE_HERE: tl.constexpr, BLOCK_G: tl.constexpr,
+    CHUNK_S: tl.constexpr,
 ):
     if PDL:  # a small kernel: the next one may launch now (runtime/pdl.py)
         gdc_launch_dependents()
@@ -183,30 +189,68 @@ def _decode_split_kernel(
     mid_row = batch * stride_mid_b + heads * stride_mid_h + split * BLOCK_D
     tl.store(mid_o_ptr + mid_row[:, None] + offs_d[None, :], acc / l_safe[:, None], mask=mask_h[:, None])
     tl.store(mid_lse_ptr + batch * stride_lse_b + heads * stride_lse_h + split, lse, mask=mask_h)
+    if MERGE_HERE:
+        # The last split of this (request, KV head) to finish merges them all, so no merge kernel
+        # launches. Every thread's stores come before the count (the barrier), the count releases
+        # them to the GPU and acquires the other splits', and the merge reads through L2.
+        tl.debug_barrier()
+        counter = arrivals_ptr + batch * tl.num_programs(1) + kv_head
+        if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_splits - 1:
+            tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # zero again for the next launch
+            _merge_splits(mid_o_ptr, mid_lse_ptr, o_ptr, batch, kv_head, num_splits, stride_mid_b, stride_mid_h,
+                          stride_lse_b, stride_lse_h, stride_o_b, stride_o_h, GROUP, HEAD_DIM, BLOCK_G, BLOCK_D, CHUNK_S)
+
+
+@triton.jit
+def _merge_splits(
+    mid_o_ptr, mid_lse_ptr, o_ptr, batch, kv_head, num_splits,
+    stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h, stride_o_b, stride_o_h,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK_S: tl.constexpr,
+):
+    """Stage 2 for the query heads of one KV group: the splits' outputs weighted by their
+    log-sum-exps, CHUNK_S splits at a time with a running maximum. Both the merge kernel and a split
+    kernel that merges in place call this, so the two give the same bits."""
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_c = tl.arange(0, CHUNK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    heads = kv_head * GROUP + offs_g
+    mask_g = offs_g < GROUP
+    lse_rows = mid_lse_ptr + batch * stride_lse_b + heads * stride_lse_h
+    o_rows = mid_o_ptr + batch * stride_mid_b + heads * stride_mid_h
+    m = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    total = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    for s0 in range(0, num_splits, CHUNK_S):
+        splits = s0 + offs_c
+        in_range = mask_g[:, None] & (splits < num_splits)[None, :]
+        # Both loads at once: an empty split stored zeros (and lse = -inf), so the parts need no lse
+        # mask. Through L2 (.cg): other programs wrote them during this kernel.
+        lse = tl.load(lse_rows[:, None] + splits[None, :], mask=in_range, other=float("-inf"), cache_modifier=".cg")
+        parts = tl.load(o_rows[:, None, None] + splits[None, :, None] * BLOCK_D + offs_d[None, None, :],
+                        mask=in_range[:, :, None] & (offs_d < BLOCK_D)[None, None, :], other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m, tl.max(lse, 1))
+        m_ref = tl.where(m_new > float("-inf"), m_new, 0.0)  # every split so far empty: weights 0
+        rescale = tl.exp2(m - m_ref)
+        weights = tl.where(lse > float("-inf"), tl.exp2(lse - m_ref[:, None]), 0.0)
+        total = total * rescale + tl.sum(weights, 1)
+        acc = acc * rescale[:, None] + tl.sum(parts * weights[:, :, None], 1)
+        m = m_new
+    out = acc / tl.maximum(total, 1e-30)[:, None]
+    tl.store(o_ptr + batch * stride_o_b + heads[:, None] * stride_o_h + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=mask_g[:, None] & (offs_d < HEAD_DIM)[None, :])
 
 
 @triton.jit
 def _decode_merge_kernel(
     mid_o_ptr, mid_lse_ptr, o_ptr, num_splits,
     stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h, stride_o_b, stride_o_h,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+    CHUNK_S: tl.constexpr, PDL: tl.constexpr,
 ):
     enter_small_kernel(PDL)  # see runtime/pdl.py
-    batch = tl.program_id(0)
-    head = tl.program_id(1)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    lse = tl.load(mid_lse_ptr + batch * stride_lse_b + head * stride_lse_h + offs_s, mask=offs_s < num_splits, other=float("-inf"))
-    valid = lse > float("-inf")
-    m = tl.max(lse, 0)
-    m = tl.where(m > float("-inf"), m, 0.0)  # all splits empty (seq_len 0): weights 0, output 0
-    weights = tl.where(valid, tl.exp2(lse - m), 0.0)
-    # parts: [BLOCK_S, BLOCK_D] the splits' normalised outputs
-    row = batch * stride_mid_b + head * stride_mid_h
-    parts = tl.load(mid_o_ptr + row + offs_s[:, None] * BLOCK_D + offs_d[None, :], mask=valid[:, None], other=0.0)
-    total = tl.maximum(tl.sum(weights, 0), 1e-30)
-    out = tl.sum(parts * weights[:, None], 0) / total
-    tl.store(o_ptr + batch * stride_o_b + head * stride_o_h + offs_d, out.to(o_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
+    _merge_splits(mid_o_ptr, mid_lse_ptr, o_ptr, tl.program_id(0), tl.program_id(1), num_splits,
+                  stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h, stride_o_b, stride_o_h,
+                  GROUP, HEAD_DIM, BLOCK_G, BLOCK_D, CHUNK_S)
 
 
 def choose_num_splits(
@@ -263,12 +307,15 @@ def decode_attention_table(
     q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
     table: torch.Tensor, rows: torch.Tensor, row_stride: int, seq_lens: torch.Tensor,
     scaling: float, num_splits: int, out: torch.Tensor | None = None, config: DecodeConfig = DecodeConfig(),
-    new_kv: NewKV | None = None,
+    new_kv: NewKV | None = None, arrivals: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`decode_attention` with request b's slots at table[rows[b] * row_stride + i], i < seq_lens[b]
     (e.g. table = req_to_token flattened, rows = req_pool_indices, row_stride = its row length).
     With `new_kv`, q is unrotated and each request's newest key (at seq_lens[b] - 1) is new_kv's:
-    the kernel rotates and stores it (see NewKV), saving the launch of rotary_store_kv."""
+    the kernel rotates and stores it (see NewKV), saving the launch of rotary_store_kv.
+    With `arrivals`, int32 zeros of at least B × KvH (see `merge_workspace`), the last split of each
+    (request, KV head) merges the splits itself, saving the merge kernel's launch; the kernel leaves
+    the counters zero again. One launch at a time may use a workspace."""
     batch_size, num_heads, head_dim = q.shape
     num_kv_heads = k_buffer.shape[1]
     assert num_heads % num_kv_heads == 0 and q.stride(-1) == 1 and k_buffer.stride() == v_buffer.stride()
@@ -295,23 +342,36 @@ def decode_attention_table(
         k_new, v_new = new_kv.k, new_kv.v
         new_args = (k_new, v_new, new_kv.cos, new_kv.sin, new_kv.loc, k_new.stride(0), k_new.stride(1),
                     v_new.stride(0), v_new.stride(1), new_kv.cos.stride(0))
+    merge_here = num_splits > 1 and arrivals is not None
+    if merge_here:
+        assert arrivals.dtype == torch.int32 and arrivals.is_contiguous()
+        assert arrivals.numel() >= batch_size * num_kv_heads, "the merge workspace is smaller than B x KvH"
+    block_g = triton.next_power_of_2(group)
+    # splits merged per step of stage 2: a [group, chunk, BLOCK_D] float32 tile of at most 8k values
+    chunk_s = max(1, min(triton.next_power_of_2(num_splits), MERGE_TILE // (block_g * block_d)))
     _decode_split_kernel[(batch_size, num_kv_heads, num_splits)](
         q, k_buffer, v_buffer, table, rows, row_stride, seq_lens, mid_o, mid_lse,
         scaling * LOG2_E,
         q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1),
-        *mid_strides, out, out.stride(0), out.stride(1), *new_args,
-        GROUP=group, HEAD_DIM=head_dim, BLOCK_H=max(MIN_DOT_ROWS, triton.next_power_of_2(group)),
+        *mid_strides, out, out.stride(0), out.stride(1), *new_args, arrivals if merge_here else rows,
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_H=max(MIN_DOT_ROWS, block_g),
         BLOCK_D=block_d, BLOCK_N=config.block_n, DOT_PRECISION=dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages, SINGLE_SPLIT=num_splits == 1,
         KV_VIA_F32=k_buffer.dtype != q.dtype, ROPE=new_kv is not None, QK_EXACT=exact_bf16(q.dtype),
-        EXACT=exact_rounding(k_buffer.dtype), **fp8_format(k_buffer.dtype), **launch_pdl,
+        EXACT=exact_rounding(k_buffer.dtype), **fp8_format(k_buffer.dtype), MERGE_HERE=merge_here,
+        BLOCK_G=block_g, CHUNK_S=chunk_s, **launch_pdl,
     )
-    if num_splits == 1:
+    if num_splits == 1 or merge_here:
         return out
-    _decode_merge_kernel[(batch_size, num_heads)](
+    _decode_merge_kernel[(batch_size, num_kv_heads)](
         mid_o, mid_lse, out, num_splits,
         *mid_strides, out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(num_splits),
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_G=block_g, BLOCK_D=block_d, CHUNK_S=chunk_s,
         **launch_pdl,
     )
     return out
+
+
+def merge_workspace(max_batch: int, num_kv_heads: int, device: torch.device) -> torch.Tensor:
+    """The `arrivals` counters of decode_attention_table for batches up to `max_batch`."""
+    return torch.zeros(max_batch * num_kv_heads, dtype=torch.int32, device=device)
