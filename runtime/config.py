@@ -68,6 +68,11 @@ class EngineConfig:
     attention_backend: str = _opt("auto", "Attention kernels.", ("auto", "torch_native", "triton", "flashinfer"))
     disable_cuda_graph: bool = _opt(False, "Run decode without CUDA graphs.")
     cuda_graph_max_bs: int = _opt(512, "Largest decode batch captured in a CUDA graph.")
+    disable_output_rows_only: bool = _opt(
+        False,
+        "Run a prefill step's last layer (attention output, MLP) and final norm for every prompt token, "
+        "not only for the tokens whose logits the step samples or scores (A/B runs; the results are the same).",
+    )
     # --- constrained decoding
     disable_jump_forward: bool = _opt(False, "Decode forced grammar text token by token.")
     jump_forward_max_batch: Optional[int] = _opt(

@@ -37,6 +37,12 @@ class ForwardBatch:
     extend_seq_lens: Optional[torch.Tensor] = None  # [B] int32, new tokens per request
     extend_prefix_lens_cpu: Optional[torch.Tensor] = None  # [B] int64
     extend_seq_lens_cpu: Optional[torch.Tensor] = None  # [B] int64
+    # Extend steps whose caller needs the final hidden states of only some new tokens: each request's
+    # last output_lens_cpu[i] tokens (a prompt's last token for its logits, all of a chunk for prompt
+    # logprobs, none mid-prompt). The model then runs its last layer's attention output and MLP on
+    # those rows only and returns [R, hidden]. None: every row.
+    output_lens_cpu: Optional[torch.Tensor] = None  # [B] int64
+    output_rows: Optional[torch.Tensor] = None  # [R] int64 indices into the step's T tokens, ascending
 
     @property
     def is_decode(self) -> bool:
@@ -96,3 +102,19 @@ def build_forward_batch(
         batch.extend_prefix_lens = per_req_dev[2].to(torch.int32)
         batch.extend_seq_lens = per_req_dev[3].to(torch.int32)
     return batch
+
+
+def keep_output_rows(batch: ForwardBatch, output_lens: list[int]) -> None:
+    """Ask for the final hidden states of each request's last output_lens[i] new tokens only (see
+    ForwardBatch.output_lens_cpu). A no-op when that is every token."""
+    extend_lens = batch.extend_seq_lens_cpu.tolist()
+    assert len(output_lens) == len(extend_lens) and all(0 <= k <= n for k, n in zip(output_lens, extend_lens))
+    if output_lens == extend_lens:
+        return
+    rows, offset = [], 0
+    for kept, n in zip(output_lens, extend_lens):
+        rows.extend(range(offset + n - kept, offset + n))
+        offset += n
+    host = torch.tensor(rows, dtype=torch.int64)
+    batch.output_lens_cpu = torch.tensor(output_lens, dtype=torch.int64)
+    batch.output_rows = host if batch.device.type == "cpu" else host.to(batch.device, non_blocking=True)

@@ -17,14 +17,14 @@ import torch
 
 from runtime.cache.radix import create_prefix_cache
 from runtime.config import EngineConfig
-from runtime.forward_batch import ForwardMode, build_forward_batch
+from runtime.forward_batch import ForwardMode, build_forward_batch, keep_output_rows
 from runtime.launched_batch import LaunchedBatch
 from runtime.output_processor import OutputProcessor, abort_reason
 from runtime.request import FinishReason, Req
 from runtime.request_kv import RequestKV
 from runtime.schedule_policy import Admission, PrefillAdder, order_waiting
 from runtime.scheduler_stats import SchedulerStats
-from runtime.step_sampler import StepSampler
+from runtime.step_sampler import StepSampler, needed_rows
 from runtime.transfer import to_device
 
 logger = logging.getLogger(__name__)
@@ -198,8 +198,12 @@ class Scheduler:
             ForwardMode.EXTEND, input_ids, positions, torch.cat(out_locs), rows, seq_lens,
             self.req_pool.req_to_token, self.runner.kv_pool, prefix_lens, extend_lens,
         )
+        output_lens = extend_lens
+        if not self.config.disable_output_rows_only:  # the rows the sampler reads: see needed_rows
+            output_lens = [needed_rows(a, n) for a, n in zip(admissions, extend_lens)]
+            keep_output_rows(fb, output_lens)
         hidden = self.runner.forward(fb)
-        finishing = self.sampler.extend_logits(admissions, hidden, prefix_lens, extend_lens)
+        finishing = self.sampler.extend_logits(admissions, hidden, prefix_lens, extend_lens, output_lens)
         self.chunked = next((a.req for a in admissions if not a.is_last_chunk), None)
         if not self.config.disable_radix_cache:
             for a in admissions:

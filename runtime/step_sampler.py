@@ -16,6 +16,15 @@ from runtime.schedule_policy import Admission
 from runtime.transfer import to_device
 
 
+def needed_rows(admission: Admission, extend_len: int) -> int:
+    """How many of a request's new tokens in an extend step (its last ones) `extend_logits` reads the
+    hidden states of: all for prompt logprobs, the prompt's last token when the prompt ends here,
+    none mid-prompt. The model computes its last layer for those rows only."""
+    if admission.req.wants_prompt_logprobs:
+        return extend_len
+    return min(1, extend_len) if admission.is_last_chunk else 0
+
+
 def _plain_greedy(req: Req) -> bool:
     p = req.sampling_params
     return p.is_greedy and not p.needs_penalties and req.grammar is None and p.min_new_tokens <= len(req.output_ids)
@@ -29,19 +38,22 @@ class StepSampler:
 
     # ------------------------------------------------------------------ extend
     def extend_logits(
-        self, admissions: list[Admission], hidden: torch.Tensor, prefix_lens: list[int], extend_lens: list[int]
+        self, admissions: list[Admission], hidden: torch.Tensor, prefix_lens: list[int], extend_lens: list[int],
+        output_lens: Optional[list[int]] = None,
     ) -> Optional[tuple[list[Req], torch.Tensor]]:
         """Record prompt logprobs for this chunk; return (requests done with their prompt, their
-        next-token logits [n, V]) — or None when every request is mid-chunk."""
+        next-token logits [n, V]) — or None when every request is mid-chunk. `hidden` holds each
+        request's last output_lens[i] tokens (at least `needed_rows`), or all when None."""
         last_rows, done = [], []
         offset = 0
-        for a, start, n in zip(admissions, prefix_lens, extend_lens):
+        for a, start, n, kept in zip(admissions, prefix_lens, extend_lens, output_lens or extend_lens):
             if a.req.wants_prompt_logprobs:
+                assert kept == n, "prompt logprobs need every row of the chunk"
                 self._record_prompt_logprobs(a.req, hidden[offset : offset + n], start)
             if a.is_last_chunk:
-                last_rows.append(offset + n - 1)
+                last_rows.append(offset + kept - 1)
                 done.append(a.req)
-            offset += n
+            offset += kept
         if not done:
             return None
         rows = to_device(last_rows, torch.int64, hidden.device)

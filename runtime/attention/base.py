@@ -90,6 +90,17 @@ class BaseAttentionBackend(ABC):
             return self.forward_decode(q, k, v, layer, batch, **extra)
         return self.forward_extend(q, k, v, layer, batch, **extra)
 
+    def forward_output_rows(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: AttentionLayer, batch: ForwardBatch,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """forward() for the model's last layer when the step needs only batch.output_rows (an extend
+        step, see ForwardBatch.output_lens_cpu): the K/V of every new token is stored, and the output
+        is those rows' attention, [R, num_heads, head_dim]. Default: the whole step, then the rows; a
+        backend that attends for the rows alone saves the rest."""
+        out = self.forward(q, k, v, layer, batch, rotary)
+        return out if batch.output_rows is None else out[batch.output_rows]
+
 
 def build_kv_indices(batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """kv_indptr [B+1] int32 and kv_indices [sum(seq_lens)] int32 from the req→token table."""

@@ -49,10 +49,14 @@ class LlamaAttention(nn.Module):
         # check failing, puts RoPE back on the plain torch path for every backend.
         return self.attn_backend.can_fuse_rotary(q) and (not q.is_cuda or fused_kernels(q) is not None)
 
-    def attend(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+    def attend(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch,
+               output_rows_only: bool = False) -> torch.Tensor:
         """From the qkv projection's output [T, (H + 2 KvH) D] (q heads, k heads, v heads): rotary,
-        the KV write and attention, then o_proj → [T, hidden]."""
+        the KV write and attention, then o_proj → [T, hidden]. With `output_rows_only` every token's
+        K/V is still written, but attention and o_proj run for batch.output_rows only → [R, hidden]."""
         num_tokens, heads = qkv.shape[0], self.num_heads
+        backend = self.attn_backend
+        attention = backend.forward_output_rows if output_rows_only else backend.forward
         qk_heads = heads + self.num_kv_heads
         qk = qkv[:, : qk_heads * self.head_dim].view(num_tokens, qk_heads, self.head_dim)
         v = qkv[:, qk_heads * self.head_dim :].view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, KvH, D]
@@ -61,15 +65,15 @@ class LlamaAttention(nn.Module):
         else:
             q, k = qk[:, :heads], qk[:, heads:]  # [T, H, D], [T, KvH, D]
         if self._backend_rotates(q):  # rotated as the backend writes the KV (same numbers)
-            out = self.attn_backend.forward(q, k, v, self.layer, batch, rotary=(cos, sin))  # [T, H, D]
-            return self.o_proj(out.reshape(num_tokens, -1))
+            out = attention(q, k, v, self.layer, batch, rotary=(cos, sin))  # [T (or R), H, D]
+            return self.o_proj(out.reshape(out.shape[0], heads * self.head_dim))
         if self.qk_norm:
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         else:  # q and k heads side by side: one rotary launch for both (per head, so the same numbers)
             qk = apply_rotary(qk, cos, sin)  # [T, H + KvH, D]
             q, k = qk[:, :heads], qk[:, heads:]
-        out = self.attn_backend.forward(q, k, v, self.layer, batch)  # [T, H, D]
-        return self.o_proj(out.reshape(num_tokens, -1))  # [T, hidden]
+        out = attention(q, k, v, self.layer, batch)  # [T (or R), H, D]
+        return self.o_proj(out.reshape(out.shape[0], heads * self.head_dim))  # [T (or R), hidden]
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -88,13 +92,18 @@ class LlamaDecoderLayer(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         batch: ForwardBatch,
+        output_rows_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (this layer's MLP output, the residual stream before it): the next layer (or the
         final norm) adds them, so each add is fused with the norm that follows it, and where the
-        projection after the norm runs on the vector kernel, with that projection too."""
+        projection after the norm runs on the vector kernel, with that projection too. With
+        `output_rows_only` (the last layer of a step that needs only batch.output_rows) both are
+        [R, hidden]: every token's K/V is written, the rest runs for those rows."""
         attn = self.self_attn
         qkv, residual = norm_then_linear(self.input_layernorm, attn.qkv_proj, hidden, residual)
-        hidden = attn.attend(qkv, cos, sin, batch)
+        hidden = attn.attend(qkv, cos, sin, batch, output_rows_only)
+        if output_rows_only:
+            residual = residual[batch.output_rows]
         gate_up, residual = norm_then_linear(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden, residual)
         return self.mlp.down(gate_up), residual
 
@@ -113,8 +122,11 @@ class LlamaModel(nn.Module):
         hidden = self.embed_tokens(input_ids)  # [T] → [T, hidden]
         cos, sin = self.rotary_emb.lookup(positions)  # 2 × [T, D/2] float32, shared by all layers
         residual = None
-        for layer in self.layers:
-            hidden, residual = layer(hidden, residual, cos, sin, batch)
+        # A step that needs some rows only (ForwardBatch.output_rows) needs all of them up to the last
+        # layer's K/V: the last layer's attention output, MLP and the final norm run for those rows.
+        last = len(self.layers) - 1 if batch.output_rows is not None else -1
+        for i, layer in enumerate(self.layers):
+            hidden, residual = layer(hidden, residual, cos, sin, batch, output_rows_only=i == last)
         hidden, _ = self.norm.forward_with_residual(hidden, residual)
         return hidden
 
@@ -137,7 +149,8 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head = Linear(config.hidden_size, config.vocab_size)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        """input_ids, positions [T] → final-normed hidden states [T, hidden].
+        """input_ids, positions [T] → final-normed hidden states [T, hidden] ([R, hidden]: the rows
+        batch.output_rows names, when set).
 
         Writes this step's K/V into batch.kv_pool. The caller runs `attn_backend.prepare(batch)` first,
         once per step (the model does not, so CUDA-graph replay can keep host planning outside)."""

@@ -59,9 +59,9 @@ MIN_SPEEDUP_VECTOR = 1.03
 # Where the vector kernel computes its own input (the norm before qkv and gate_up, silu·mul before
 # down) it also takes a kernel boundary out of the step, which timing each route alone does not see.
 # On an H200 gate_up timed 2-2.5% faster than cuBLAS + the norm, under the bar above, and batch-1
-# decode was 1.8% and 1.4% faster in two A/Bs where it ran anyway. So there any win counts. (A
-# factor on the bar, so that 0 and inf still force every route one way.)
-FUSED_INPUT_BAR_SCALE = 1.0 / 1.03
+# decode was 1.8% and 1.4% faster in two A/Bs where it ran anyway. So there any win counts, unless
+# the bar above is set to 0 or inf to force every route one way (tests, benchmarks).
+MIN_SPEEDUP_VECTOR_FUSED_INPUT = 1.0
 MIN_SPEEDUP = 1.10
 
 
@@ -189,7 +189,8 @@ def choose_matmul_routes(
             fused = {"fused_input": fused_input} if fused_input else {}
             m1 = _least_times(timer, layer.weight, 1, ["cublas", *candidates], **scale, **fused)
             best = min(candidates, key=lambda c: m1[c], default=None)
-            bar = MIN_SPEEDUP_VECTOR * (FUSED_INPUT_BAR_SCALE if fused_input else 1.0)
+            forced = MIN_SPEEDUP_VECTOR in (0.0, float("inf"))
+            bar = MIN_SPEEDUP_VECTOR_FUSED_INPUT if fused_input and not forced else MIN_SPEEDUP_VECTOR
             vector = best if best is not None and m1["cublas"] > bar * m1[best] else None  # a tie: cuBLAS
             skinny = 0
             if not fp8:

@@ -30,8 +30,10 @@ fp8.quantize_rows does for the rows that go to torch._scaled_mm: a pass over f(x
 first (from L2; x is small). So one request decodes with the same operands alone as in a batch.
 
 The fused inputs take the same rounding steps as the unfused kernels in fused.py (add in the model
-dtype, statistics, cast, scale, cast). Both sum the norm's squares in float64, where the order of
-the sum (theirs by row, ours by tile) does not change the result.
+dtype, float32 statistics, cast, scale, cast). Only the norm's sum of squares differs: fused.py's is
+float64 (all but exact), ours float32 by tile, since every program of ours recomputes it and float64
+converts are slow on the CUDA cores. A review measured 0 differing elements in 3.3M against
+fused.rms_norm when both summed in float32.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ def _input_statistics(x_ptr, res_ptr, res_out_ptr, norm_ptr, K, eps, pid, offs_k
     rstd = 0.0
     if INPUT == 2:  # the norm's statistics over all of x + residual; program 0 writes the sum out
         write_limit = tl.where(pid == 0, K, 0)
-        sum_sq = tl.zeros((BLOCK_K,), dtype=tl.float64)  # as fused._rms_norm_kernel sums: any order gives its bits
+        sum_sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + offs_k
             mask_k = k < K
@@ -154,8 +156,8 @@ def _input_statistics(x_ptr, res_ptr, res_out_ptr, norm_ptr, K, eps, pid, offs_k
                 x = x + tl.load(res_ptr + k, mask=mask_k, other=0.0)  # added in the model dtype
                 tl.store(res_out_ptr + k, x, mask=k < write_limit)
             xf = x.to(tl.float32)
-            sum_sq += xf.to(tl.float64) * xf.to(tl.float64)
-        rstd = tl.rsqrt((tl.sum(sum_sq, axis=0) / K).to(tl.float32) + eps)
+            sum_sq += xf * xf
+        rstd = tl.rsqrt(tl.sum(sum_sq, axis=0) / K + eps)
     x_scale = 1.0
     x_inverse = 1.0
     if HAS_SCALE:  # fp8 weights take fp8 inputs, as in torch._scaled_mm: one scale, amax / 448

@@ -56,3 +56,39 @@ def test_graph_decode_metadata_path_matches(setup):
         runner.forward = forward
         outs = engine.generate(input_ids=ids, sampling_params=GREEDY)
         assert [o["output_ids"] for o in outs] == expected
+
+
+def test_prefill_runs_its_last_layer_for_the_rows_it_samples_or_scores(setup, monkeypatch):
+    """A prompt step runs its last layer's attention output, MLP and final norm only for the rows the
+    sampler reads: none mid-prompt, the last token where a prompt ends, every token of a request that
+    asks for prompt logprobs. Tokens and logprobs equal the full pass's (the option that turns it off)."""
+    from runtime.attention.triton import backend as triton_backend
+
+    path, ids, expected = setup
+    rows_seen = []
+    original = triton_backend.TritonAttention.forward_output_rows
+
+    def spy(self, q, k, v, layer, batch, rotary=None):
+        out = original(self, q, k, v, layer, batch, rotary)
+        rows_seen.append((q.shape[0], out.shape[0], list(zip(batch.output_lens_cpu.tolist(),
+                                                             batch.extend_seq_lens_cpu.tolist()))))
+        return out
+
+    monkeypatch.setattr(triton_backend.TritonAttention, "forward_output_rows", spy)
+    scored = [False, True, False]  # one request of the batch scores its prompt
+    results = {}
+    for full_pass in (True, False):
+        with checked_engine(model_path=path, dtype="float32", attention_backend="triton", chunked_prefill_size=6,
+                            disable_output_rows_only=full_pass) as engine:
+            results[full_pass] = engine.generate(input_ids=ids, sampling_params=GREEDY, return_logprob=scored,
+                                                 logprob_start_len=0, top_logprobs_num=2)
+        assert bool(rows_seen) != full_pass  # the full pass never asks for some rows
+    full, pruned = results[True], results[False]
+    assert [o["output_ids"] for o in pruned] == [o["output_ids"] for o in full] == expected
+    for a, b in zip(full[1]["meta_info"]["input_token_logprobs"], pruned[1]["meta_info"]["input_token_logprobs"]):
+        assert a[1] == b[1] and (a[0] is None) == (b[0] is None)
+        assert a[0] is None or abs(a[0] - b[0]) < 1e-4
+    # the steps: a mid-prompt chunk keeps no row, an ending prompt its last, the scored prompt all
+    assert any(kept == 0 for _, _, lens in rows_seen for kept, _ in lens)
+    assert any(total > kept_rows > 0 for total, kept_rows, _ in rows_seen)
+    assert any(kept == n > 1 for _, _, lens in rows_seen for kept, n in lens)

@@ -210,6 +210,11 @@ def test_merging_in_the_last_split_gives_the_merge_kernels_bits_and_leaves_the_c
     assert torch.equal(merged_in_split, merge_kernel) and torch.equal(again, merge_kernel)
     unsplit = decode_attention_table(*args[:-1], 1, config=SMALL_DECODE)  # no merge at all
     assert_close(merged_in_split, unsplit, torch.float32)
+    # a row with no KV at all (every split empty) merges to zeros, not NaN, and still counts in
+    batch.seq_lens[0] = 0
+    empty_row = decode_attention_table(*args, config=SMALL_DECODE, arrivals=counters)
+    assert torch.count_nonzero(counters) == 0 and torch.equal(empty_row[0], torch.zeros_like(empty_row[0]))
+    assert torch.equal(empty_row, decode_attention_table(*args, config=SMALL_DECODE))
     with pytest.raises(AssertionError, match="smaller than B x KvH"):
         decode_attention_table(*args, config=SMALL_DECODE, arrivals=merge_workspace(3, num_kv_heads, DEVICE))
 

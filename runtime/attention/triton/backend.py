@@ -30,6 +30,9 @@ class TritonMetadata:
     kv_indices: torch.Tensor | None  # [sum(seq_lens)] int32 KV slots, request after request, in order
     max_seq_len: int
     max_extend_len: int
+    # extend steps with ForwardBatch.output_lens_cpu: the kept rows' offsets and longest run
+    output_qo_indptr: torch.Tensor | None = None
+    max_output_len: int = 0
 
 
 def gather_kv_indices(
@@ -104,7 +107,10 @@ class TritonAttention(BaseAttentionBackend):
         kv_indptr, kv_indices = gather_kv_indices(batch.req_to_token, batch.req_pool_indices, batch.seq_lens, total)
         qo_indptr = _indptr(batch.extend_seq_lens_cpu, device)
         max_extend_len = int(batch.extend_seq_lens_cpu.max()) if batch.batch_size else 0
-        self.metadata = TritonMetadata(qo_indptr, kv_indptr, kv_indices, max_seq_len, max_extend_len)
+        kept = batch.output_lens_cpu
+        output = {} if kept is None else {"output_qo_indptr": _indptr(kept, device),
+                                           "max_output_len": int(kept.max()) if batch.batch_size else 0}
+        self.metadata = TritonMetadata(qo_indptr, kv_indptr, kv_indices, max_seq_len, max_extend_len, **output)
         self._step_splits = None
 
     def _extend_config(self, layer: AttentionLayer) -> ExtendConfig:
@@ -163,6 +169,18 @@ class TritonAttention(BaseAttentionBackend):
             q, k_buffer, v_buffer, meta.qo_indptr, meta.kv_indptr, meta.kv_indices,
             layer.scaling, meta.max_extend_len,
             config=self._extend_config(layer),
+        )
+
+    def forward_output_rows(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch, rotary=None) -> torch.Tensor:
+        meta = self.metadata
+        if batch.is_decode or batch.output_rows is None:
+            return self.forward(q, k, v, layer, batch, rotary)
+        k_buffer, v_buffer = self._store(q, k, v, layer, batch, rotary)  # every token's K/V (q rotated in place)
+        # The kept rows are a suffix of each request's new tokens, so the extend kernel takes them as
+        # a shorter extend after a longer prefix (prefix = seq_len - kept), over the same KV.
+        return extend_attention(
+            q[batch.output_rows], k_buffer, v_buffer, meta.output_qo_indptr, meta.kv_indptr, meta.kv_indices,
+            layer.scaling, meta.max_output_len, config=self._extend_config(layer),
         )
 
     def forward_decode(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch, rotary=None) -> torch.Tensor:

@@ -367,7 +367,7 @@ def decode_attention_table(
         mid_o, mid_lse, out, num_splits,
         *mid_strides, out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_G=block_g, BLOCK_D=block_d, CHUNK_S=chunk_s,
-        **launch_pdl,
+        num_warps=config.num_warps, **launch_pdl,  # the split kernel's warps: the same layout, the same sums
     )
     return out
 
