@@ -5,7 +5,8 @@ prefill) and the whole offline workload, with the option toggled between runs (o
     python benchmarks/probe_output_rows.py [--out DIR] [--requests 1000]
 
 One engine, so start-up, routes and compiled kernels are the same for both; alternating spreads the
-card's drift over both. The first token of every request must match between the two.
+card's drift over both. It also counts the requests whose first token differs between the two: fewer
+rows can take other matmul kernels (one row: the vector kernel), so a few near-ties may flip.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ def main() -> None:
                            round((prompt_tokens if kind == "prefill_only" else tokens) / seconds, 1)}
                 results[kind].append(row)
                 print(kind, json.dumps(row), flush=True)
-        results["first_tokens_equal"] = first_tokens[True] == first_tokens[False]
-        print("first tokens equal:", results["first_tokens_equal"], flush=True)
+        results["first_tokens_differing"] = sum(a != b for a, b in zip(first_tokens[True], first_tokens[False]))
+        print("first tokens differing:", results["first_tokens_differing"], "of", len(reqs), flush=True)
         engine.check_integrity()
     finally:
         engine.shutdown()

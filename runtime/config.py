@@ -71,7 +71,8 @@ class EngineConfig:
     disable_output_rows_only: bool = _opt(
         False,
         "Run a prefill step's last layer (attention output, MLP) and final norm for every prompt token, "
-        "not only for the tokens whose logits the step samples or scores (A/B runs; the results are the same).",
+        "not only for the tokens whose logits the step samples or scores (A/B runs). The results are equal up "
+        "to rounding: on a GPU fewer rows can take other matmul kernels.",
     )
     # --- constrained decoding
     disable_jump_forward: bool = _opt(False, "Decode forced grammar text token by token.")

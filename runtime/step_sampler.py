@@ -44,13 +44,16 @@ class StepSampler:
         """Record prompt logprobs for this chunk; return (requests done with their prompt, their
         next-token logits [n, V]) — or None when every request is mid-chunk. `hidden` holds each
         request's last output_lens[i] tokens (at least `needed_rows`), or all when None."""
+        kept_rows = output_lens or extend_lens
+        assert hidden.shape[0] == sum(kept_rows), "the model returned other rows than the step asked for"
         last_rows, done = [], []
         offset = 0
-        for a, start, n, kept in zip(admissions, prefix_lens, extend_lens, output_lens or extend_lens):
+        for a, start, n, kept in zip(admissions, prefix_lens, extend_lens, kept_rows):
             if a.req.wants_prompt_logprobs:
                 assert kept == n, "prompt logprobs need every row of the chunk"
                 self._record_prompt_logprobs(a.req, hidden[offset : offset + n], start)
             if a.is_last_chunk:
+                assert kept >= 1, "a prompt that ends in this step keeps its last row"
                 last_rows.append(offset + kept - 1)
                 done.append(a.req)
             offset += kept

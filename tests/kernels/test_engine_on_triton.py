@@ -78,17 +78,36 @@ def test_prefill_runs_its_last_layer_for_the_rows_it_samples_or_scores(setup, mo
     scored = [False, True, False]  # one request of the batch scores its prompt
     results = {}
     for full_pass in (True, False):
-        with checked_engine(model_path=path, dtype="float32", attention_backend="triton", chunked_prefill_size=6,
-                            disable_output_rows_only=full_pass) as engine:
+        options = dict(model_path=path, dtype="float32", attention_backend="triton", disable_output_rows_only=full_pass)
+        with checked_engine(chunked_prefill_size=6, **options) as engine:
             results[full_pass] = engine.generate(input_ids=ids, sampling_params=GREEDY, return_logprob=scored,
                                                  logprob_start_len=0, top_logprobs_num=2)
+        with checked_engine(**options) as engine:
+            # unchunked and unscored: the three prompts end in one step, their rows packed at 0, 1, 2
+            results[full_pass, "one step"] = engine.generate(input_ids=ids, sampling_params=GREEDY,
+                                                             return_logprob=True, top_logprobs_num=2)
         assert bool(rows_seen) != full_pass  # the full pass never asks for some rows
     full, pruned = results[True], results[False]
     assert [o["output_ids"] for o in pruned] == [o["output_ids"] for o in full] == expected
-    for a, b in zip(full[1]["meta_info"]["input_token_logprobs"], pruned[1]["meta_info"]["input_token_logprobs"]):
-        assert a[1] == b[1] and (a[0] is None) == (b[0] is None)
-        assert a[0] is None or abs(a[0] - b[0]) < 1e-4
+    for key in ("input_token_logprobs", "input_top_logprobs"):
+        a, b = full[1]["meta_info"][key], pruned[1]["meta_info"][key]
+        assert len(a) == len(b) == len(ids[1])
+        assert _logprob_entries(a) == pytest.approx(_logprob_entries(b), abs=1e-4, nan_ok=True)
+    for a, b in zip(results[True, "one step"], results[False, "one step"]):
+        assert a["output_ids"] == b["output_ids"]
+        entries = [_logprob_entries(o["meta_info"]["output_top_logprobs"]) for o in (a, b)]
+        assert entries[0] == pytest.approx(entries[1], abs=1e-4, nan_ok=True)  # the first token's from the kept rows
+    assert any(kept == [1, 1, 1] for _, _, lens in rows_seen for kept in [[k for k, _ in lens]])
     # the steps: a mid-prompt chunk keeps no row, an ending prompt its last, the scored prompt all
     assert any(kept == 0 for _, _, lens in rows_seen for kept, _ in lens)
     assert any(total > kept_rows > 0 for total, kept_rows, _ in rows_seen)
     assert any(kept == n > 1 for _, _, lens in rows_seen for kept, n in lens)
+
+
+def _logprob_entries(entries) -> list:
+    """(logprob, token) entries, or lists of them (top logprobs), flattened to numbers (None as nan)."""
+    flat = []
+    for entry in entries:
+        for lp, token, _ in ([entry] if entry and not isinstance(entry, list) else entry or []):
+            flat += [float("nan") if lp is None else lp, token]
+    return flat
