@@ -69,8 +69,8 @@ class TritonAttention(BaseAttentionBackend):
     from the batch size, the KV heads, the longest sequence and the SM count. `extend_config` forces
     the extend kernel's launch shape; by default it follows the head size (`default_extend_config`).
     `merge_in_split` lets the last split of each request and KV head merge the splits (decode.py),
-    so split steps launch one kernel a layer instead of two. Unknown keyword arguments (device, num_heads, ...) are accepted and ignored, like every
-    backend's factory.
+    so split steps launch one kernel a layer instead of two. Unknown keyword arguments (device,
+    num_heads, ...) are accepted and ignored, like every backend's factory.
     """
 
     def __init__(
@@ -218,8 +218,8 @@ class TritonAttention(BaseAttentionBackend):
                 return None
             if counters is not None:
                 self._outgrown.append(counters)
-            size = max(needed, 2 * counters.numel() if counters is not None else 0)
-            counters = self._arrivals[device] = merge_workspace(size, 1, device)
+            batches = max(batch_size, 2 * counters.numel() // num_kv_heads if counters is not None else 0)
+            counters = self._arrivals[device] = merge_workspace(batches, num_kv_heads, device)
         return counters
 
     def can_fuse_rotary(self, q: torch.Tensor) -> bool:
