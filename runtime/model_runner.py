@@ -12,6 +12,7 @@ from runtime.config import EngineConfig
 from runtime.forward_batch import ForwardBatch
 from runtime.model.config import ModelConfig
 from runtime.model.loader import load_model, resolve_dtype
+from runtime.triton_interpreter import can_launch_on
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,17 @@ def _check_fp8(dtype: torch.dtype, device: torch.device, source: str) -> None:
     check_supported(device)
 
 
+def _check_deterministic(config: EngineConfig, backend: str, device: torch.device, fp8_checkpoint: bool) -> None:
+    """deterministic_inference runs our batch-invariant Triton kernels: refuse what cannot."""
+    if backend != "triton":
+        raise ValueError(f"deterministic_inference needs attention_backend='triton' (batch-invariant kernels), got "
+                         f"{backend!r}" + (" (on a CPU also set TRITON_INTERPRET=1)" if device.type == "cpu" else ""))
+    if not can_launch_on(device):
+        raise ValueError("deterministic_inference runs Triton kernels: on a CPU set TRITON_INTERPRET=1")
+    if config.quantization is not None or fp8_checkpoint:
+        raise ValueError("deterministic_inference takes unquantized weights, not quantization='fp8' or an fp8 checkpoint")
+
+
 def auto_max_running_requests(pool_tokens: int) -> int:
     """As many requests as the pool holds at 512 tokens each, within [16, 1024]. On an H100 with an
     8B model (~420k KV tokens) that is 824: the offline benchmark ran 11% faster with 512 running
@@ -76,9 +88,12 @@ class ModelRunner:
         self.config = config
         self.device = resolve_device(config.device)
         self.attention_backend_name = resolve_attention_backend(config.attention_backend, self.device)
-        self.attn_backend = create_attention_backend(self.attention_backend_name, device=self.device)
+        self.attn_backend = create_attention_backend(self.attention_backend_name, device=self.device,
+                                                     deterministic=config.deterministic_inference)
         checkpoint = ModelConfig.from_pretrained(model_path)
         fp8_checkpoint = checkpoint.has_fp8_layers and config.load_format != "dummy"
+        if config.deterministic_inference:
+            _check_deterministic(config, self.attention_backend_name, self.device, fp8_checkpoint)
         if config.quantization == "fp8" or fp8_checkpoint:  # refuse before loading gigabytes
             source = "quantization='fp8'" if config.quantization == "fp8" else "an fp8 checkpoint (its quantization_config)"
             _check_fp8(resolve_dtype(config.dtype, checkpoint), self.device, source)
@@ -93,6 +108,8 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.model_config)
         if config.quantization == "fp8":
             self._quantize_fp8()
+        if config.deterministic_inference:
+            logger.info("deterministic inference: %d products on the batch-invariant kernel", self.model.make_batch_invariant())
         self.kv_dtype = resolve_kv_dtype(config.kv_cache_dtype, self.dtype)
         if self.attention_backend_name == "flashinfer" and self.dtype == torch.float32:
             raise ValueError("attention_backend='flashinfer' needs dtype float16 or bfloat16, not float32")
@@ -159,7 +176,8 @@ class ModelRunner:
         """Decode projections: our Triton vector / skinny kernels where they measure faster than cuBLAS."""
         import os
 
-        if self.device.type != "cuda" or self.dtype == torch.float32 or os.environ.get("SGFLOW_DISABLE_FUSED") == "1":
+        if (self.device.type != "cuda" or self.dtype == torch.float32 or os.environ.get("SGFLOW_DISABLE_FUSED") == "1"
+                or self.config.deterministic_inference):
             return {}
         from runtime.model.matmul_choice import choose_matmul_routes
 

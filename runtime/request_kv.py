@@ -18,10 +18,17 @@ from runtime.request import Req
 
 
 class RequestKV:
-    def __init__(self, req_pool: ReqToTokenPool, allocator: TokenSlotAllocator, cache: BasePrefixCache):
+    """`cache_decoded=False` (deterministic inference): a finished request leaves only the KV its
+    prefill computed in the cache, not what its decode steps wrote. On a GPU decode attention and
+    prefill attention round differently, so a later prompt that reused decoded KV would get other
+    bits than the same prompt computed afresh."""
+
+    def __init__(self, req_pool: ReqToTokenPool, allocator: TokenSlotAllocator, cache: BasePrefixCache,
+                 cache_decoded: bool = True):
         self.req_pool = req_pool
         self.allocator = allocator
         self.cache = cache
+        self.cache_decoded = cache_decoded
 
     def place(self, req: Req, prefix_slots: torch.Tensor) -> None:
         """Give an admitted request a row holding its cached prefix (already locked)."""
@@ -67,15 +74,19 @@ class RequestKV:
         """Give a request's KV to the prefix cache (what it computed) and its row back."""
         if req.req_pool_idx is None:
             return
-        tokens = req.fill_ids[: req.kv_len]
-        slots = self.req_pool.read(req.req_pool_idx, req.kv_len)
-        if len(tokens) < req.kv_len:  # a failed step left positions whose token never reached the host
-            self.allocator.free(slots[len(tokens) :])
-            slots = slots[: len(tokens)]
-        inserted = self.cache.insert(tokens, slots)
-        if inserted.num_cached > req.cached_len:
-            # positions another request cached meanwhile: our copies are duplicates
-            self.allocator.free(slots[req.cached_len : inserted.num_cached])
+        if not self.cache_decoded:  # the cached prefix (prefill's KV) stays; our own slots go
+            if req.kv_len > req.cached_len:
+                self.allocator.free(self.req_pool.read(req.req_pool_idx, req.kv_len, start=req.cached_len))
+        else:
+            tokens = req.fill_ids[: req.kv_len]
+            slots = self.req_pool.read(req.req_pool_idx, req.kv_len)
+            if len(tokens) < req.kv_len:  # a failed step left positions whose token never reached the host
+                self.allocator.free(slots[len(tokens) :])
+                slots = slots[: len(tokens)]
+            inserted = self.cache.insert(tokens, slots)
+            if inserted.num_cached > req.cached_len:
+                # positions another request cached meanwhile: our copies are duplicates
+                self.allocator.free(slots[req.cached_len : inserted.num_cached])
         self.cache.unlock(req.cache_handle)
         self.req_pool.free(req.req_pool_idx)
         req.req_pool_idx, req.cache_handle = None, None

@@ -181,10 +181,12 @@ class Linear(nn.Module):
         self.fused_input: Optional[str] = None  # NORM_INPUT / SILU_MUL_INPUT: set by the block that feeds it
         self.vector_config = None
         self.skinny_max_m = 0
+        self.batch_invariant = False  # deterministic inference: every product on invariant_matmul.py
 
     def takes_one_row(self, x: torch.Tensor) -> bool:
         """Whether x goes to the vector kernel, which can also fuse the op before it (matvec.py)."""
-        return x.shape[0] == 1 and self.vector_config is not None and x.dim() == 2 and x.stride(-1) == 1
+        return (x.shape[0] == 1 and self.vector_config is not None and not self.batch_invariant and x.dim() == 2
+                and x.stride(-1) == 1)
 
     def forward_silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         """self(silu(gate) * up) for [1, 2 * input_size] gate|up, in one kernel (takes_one_row only)."""
@@ -205,6 +207,11 @@ class Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.batch_invariant:
+            from runtime.model.invariant_matmul import invariant_matmul
+
+            y = invariant_matmul(x.reshape(-1, self.input_size), self.weight)
+            return self.add_bias(y).view(*x.shape[:-1], self.output_size)
         if self.takes_one_row(x):
             from runtime.model.matvec import vector_matmul
 

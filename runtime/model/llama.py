@@ -141,6 +141,7 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.attn_backend = attn_backend
         self.model = LlamaModel(config, attn_backend)
+        self.batch_invariant_logits = False
         if config.tie_word_embeddings:
             # NOTE: the same module, so the same Parameter: named_parameters() lists it once, as
             # model.embed_tokens.weight, and the loader fills it once.
@@ -156,6 +157,15 @@ class LlamaForCausalLM(nn.Module):
         once per step (the model does not, so CUDA-graph replay can keep host planning outside)."""
         return self.model(input_ids, positions, batch)
 
+    def make_batch_invariant(self) -> int:
+        """Every product, the LM head's included, on the batch-invariant kernel (deterministic
+        inference, invariant_matmul.py) → the number of layers switched."""
+        linears = [m for m in self.modules() if isinstance(m, Linear)]
+        for linear in linears:
+            linear.batch_invariant = True
+        self.batch_invariant_logits = True  # a tied LM head is the embedding, not a Linear
+        return len(linears)
+
     @property
     def attention_layer(self) -> AttentionLayer:
         """The attention shape every layer shares (layer_id 0's), for backends that plan ahead."""
@@ -167,6 +177,10 @@ class LlamaForCausalLM(nn.Module):
         copy, which at a decode batch of 500 is ~0.5 GB of traffic a step."""
         if isinstance(self.lm_head, Linear):  # may route batch 1 to the vector kernel (gemv.py)
             logits = self.lm_head(hidden)
+        elif self.batch_invariant_logits:
+            from runtime.model.invariant_matmul import invariant_matmul
+
+            logits = invariant_matmul(hidden, self.lm_head.weight)
         else:
             logits = torch.nn.functional.linear(hidden, self.lm_head.weight)
         return logits.float() if out is None else out.copy_(logits)

@@ -69,7 +69,10 @@ class TritonAttention(BaseAttentionBackend):
     from the batch size, the KV heads, the longest sequence and the SM count. `extend_config` forces
     the extend kernel's launch shape; by default it follows the head size (`default_extend_config`).
     `merge_in_split` lets the last split of each request and KV head merge the splits (decode.py),
-    so split steps launch one kernel a layer instead of two. Unknown keyword arguments (device,
+    so split steps launch one kernel a layer instead of two. `deterministic` (deterministic
+    inference) decodes every request in one split, whatever the batch, and extends with every key
+    tile on the masked path, whatever the chunk: a row's result then has the same bits alone or in
+    any batch, chunked or not. Unknown keyword arguments (device,
     num_heads, ...) are accepted and ignored, like every backend's factory.
     """
 
@@ -79,9 +82,11 @@ class TritonAttention(BaseAttentionBackend):
         decode_config: DecodeConfig = DEFAULT_DECODE_CONFIG,
         extend_config: ExtendConfig | None = None,
         merge_in_split: bool = True,
+        deterministic: bool = False,
         **_unused,
     ):
         self.num_splits = num_splits
+        self.deterministic = deterministic
         self.merge_in_split = merge_in_split
         self._arrivals: dict[torch.device, torch.Tensor] = {}  # merge_in_split's counters, per device
         self._outgrown: list[torch.Tensor] = []
@@ -125,7 +130,8 @@ class TritonAttention(BaseAttentionBackend):
         kv = torch.zeros(2, layer.num_kv_heads, layer.head_dim, dtype=kv_dtype, device=device)
         indptr = torch.tensor([0, 1], dtype=torch.int32, device=device)
         slots = torch.ones(1, dtype=torch.int32, device=device)
-        extend_attention(q, kv, kv, indptr, indptr, slots, layer.scaling, 1, config=self._extend_config(layer))
+        extend_attention(q, kv, kv, indptr, indptr, slots, layer.scaling, 1, config=self._extend_config(layer),
+                         uniform_tiles=self.deterministic)
         # RoPE in the KV write, checked against torch here once (as the model's fused kernels are):
         # if it disagrees the model rotates q and k itself.
         if can_rotate_and_store(q):
@@ -168,7 +174,7 @@ class TritonAttention(BaseAttentionBackend):
         return extend_attention(
             q, k_buffer, v_buffer, meta.qo_indptr, meta.kv_indptr, meta.kv_indices,
             layer.scaling, meta.max_extend_len,
-            config=self._extend_config(layer),
+            config=self._extend_config(layer), uniform_tiles=self.deterministic,
         )
 
     def forward_output_rows(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch, rotary=None) -> torch.Tensor:
@@ -180,7 +186,7 @@ class TritonAttention(BaseAttentionBackend):
         # a shorter extend after a longer prefix (prefix = seq_len - kept), over the same KV.
         return extend_attention(
             q[batch.output_rows], k_buffer, v_buffer, meta.output_qo_indptr, meta.kv_indptr, meta.kv_indices,
-            layer.scaling, meta.max_output_len, config=self._extend_config(layer),
+            layer.scaling, meta.max_output_len, config=self._extend_config(layer), uniform_tiles=self.deterministic,
         )
 
     def forward_decode(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch, rotary=None) -> torch.Tensor:
@@ -237,6 +243,8 @@ class TritonAttention(BaseAttentionBackend):
         return k_buffer, v_buffer
 
     def _decode_splits(self, batch_size: int, num_kv_heads: int, device: torch.device) -> int:
+        if self.deterministic:  # a request's splits would follow the batch size, and so would its sums
+            return 1
         if self.num_splits is not None:
             return self.num_splits
         if self._step_splits is not None:

@@ -59,7 +59,7 @@ def _extend_kernel(
     stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_buffer_s, stride_buffer_h,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, KV_VIA_F32: tl.constexpr,
-    HEADS_PER_PROGRAM: tl.constexpr, HEAD_STEP: tl.constexpr,
+    HEADS_PER_PROGRAM: tl.constexpr, HEAD_STEP: tl.constexpr, UNIFORM_TILES: tl.constexpr,
 ):
     # Rows of a program: BLOCK_M new tokens x HEADS_PER_PROGRAM query heads (1, or the KV group padded
     # to a power of two), row r = token r // HEADS_PER_PROGRAM, head first_head + r % HEADS_PER_PROGRAM.
@@ -99,6 +99,12 @@ def _extend_kernel(
     # keys [0, prefix_len + block * BLOCK_M] are visible to every query of the block: whole tiles of
     # them need no mask; the tiles from there to hi (the causal band, the sequence end) do
     unmasked_end = (prefix_len + block * BLOCK_M + 1) // BLOCK_N * BLOCK_N
+    if UNIFORM_TILES:
+        # Every tile on the masked path: which path a key tile takes depends on the block a row shares
+        # with others (chunking, the cached prefix), and the compiler may fuse the score scaling into
+        # the softmax's subtraction on one path and not the other (other bits on a GPU). Deterministic
+        # inference keeps a row's sums independent of its neighbours.
+        unmasked_end = 0
     slots_ptr = kv_indices_ptr + kv_start
     for start in range(0, unmasked_end, BLOCK_N):
         acc, m_i, l_i = attend_tile(
@@ -121,12 +127,15 @@ def extend_attention(
     q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
     qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, kv_indices: torch.Tensor,
     scaling: float, max_extend_len: int, out: torch.Tensor | None = None, config: ExtendConfig = ExtendConfig(),
+    uniform_tiles: bool = False,
 ) -> torch.Tensor:
     """Causal attention of each request's new tokens over its prefix and themselves.
 
     q: [T, H, D] (request after request, offsets qo_indptr [B+1] int32); the pool already holds the
     new tokens' K/V; kv_indptr [B+1] / kv_indices: each request's slots for positions [0, seq_len);
     max_extend_len: a host-side bound on qo_indptr's gaps (sizes the grid) → out [T, H, D].
+    uniform_tiles: every key tile through the masked path (deterministic inference: a row's result
+    then has the same bits whatever block, chunk or cached prefix it comes with; a little slower).
     """
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k_buffer.shape[1]
@@ -147,6 +156,7 @@ def extend_attention(
         GROUP=group, HEAD_DIM=head_dim, BLOCK_M=tokens_per_program, BLOCK_N=config.block_n,
         BLOCK_D=triton.next_power_of_2(head_dim), DOT_PRECISION=dot_precision(q.dtype),
         KV_VIA_F32=k_buffer.dtype != q.dtype, HEADS_PER_PROGRAM=heads_per_program,
-        HEAD_STEP=group if config.pack_gqa else 1, num_warps=config.num_warps, num_stages=config.num_stages,
+        HEAD_STEP=group if config.pack_gqa else 1, UNIFORM_TILES=uniform_tiles, num_warps=config.num_warps,
+        num_stages=config.num_stages,
     )
     return out

@@ -1,0 +1,110 @@
+"""A batch-invariant matrix product, for deterministic inference (EngineConfig.deterministic_inference).
+
+The fast paths pick a kernel by shape: one decode row takes our vector kernel, eight rows another
+kernel, a 4k-token prefill chunk a cuBLAS kernel of its own choosing (split-K for some shapes). Each
+sums a row's K products in its own order, so in bfloat16 the same row gets logits an ulp apart
+alone, in a batch or in another chunk, and near-ties flip a greedy token.
+
+Here every product of one weight runs one Triton launch shape, chosen from the weight's shape only:
+a row's sum is always its K products in BLOCK_K chunks, in order, each chunk one tl.dot of the same
+shape, and rows never meet. So a row's output has the same bits whatever else is in the batch.
+The price is speed: cuBLAS and the vector kernel are faster (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from runtime.triton_interpreter import is_interpreting
+
+CPU_NUM_SMS = 4  # the interpreter's stand-in for the SM count (it runs programs one by one)
+
+
+@dataclass(frozen=True)
+class InvariantConfig:
+    block_m: int = 64  # rows per program: fewer rows are masked, never a smaller tile
+    block_n: int = 128
+    block_k: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def invariant_config(n: int, num_sms: int) -> InvariantConfig:
+    """The launch shape for a weight of `n` output rows: the widest column tile that still gives every
+    SM a program at one row (a decode step streams the weight, and idle SMs stream nothing). It
+    depends on the weight and the card, never on the number of rows."""
+    for block_n in (128, 64):
+        if triton.cdiv(n, block_n) >= num_sms:
+            return InvariantConfig(block_n=block_n)
+    return InvariantConfig(block_n=32)
+
+
+# M changes every step: not specialised (M == 1, M % 16 == 0), so the first steps compile nothing new
+@triton.jit(do_not_specialize=["M"])
+def _invariant_kernel(
+    x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
+    w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + offs_k
+        mask_k = k < K
+        x = tl.load(x_rows + k[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        w = tl.load(w_rows + k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+    tl.store(y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_n[None, :])
+
+
+def invariant_matmul(x: torch.Tensor, weight: torch.Tensor, num_sms: int | None = None) -> torch.Tensor:
+    """x [M, K] @ weight [N, K]^T → [M, N] in x's dtype (float32 accumulation), each row's bits
+    independent of M and of the other rows. `num_sms` overrides the device's (tests)."""
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"invariant_matmul takes x [M, K] and weight [N, K], got {tuple(x.shape)} and {tuple(weight.shape)}")
+    if x.dtype != weight.dtype:
+        raise ValueError(f"invariant_matmul takes x and weight of one dtype, got {x.dtype} and {weight.dtype}")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if weight.stride(1) != 1:
+        raise ValueError("invariant_matmul needs a weight with contiguous rows")
+    m, k = x.shape
+    n = weight.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 0:
+        return y
+    if num_sms is None:
+        num_sms = _num_sms(x.device)
+    config = invariant_config(n, num_sms)
+    grid = (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n))
+    _invariant_kernel[grid](
+        x, weight, y, m, n, k, x.stride(0), weight.stride(0), y.stride(0),
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return y
+
+
+_SMS: dict[int, int] = {}
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        if not is_interpreting():
+            raise RuntimeError("invariant_matmul runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1")
+        return CPU_NUM_SMS
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SMS:
+        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SMS[index]

@@ -1,0 +1,121 @@
+"""Deterministic inference (EngineConfig.deterministic_inference), on our Triton kernels interpreted on
+the CPU: the batch-invariant product gives a row the same bits whatever rows share its launch, and
+the engine gives a request the same tokens and logprobs, bit for bit, alone or batched, chunked or
+not, with its prefix cached or recomputed. (The interpreter computes tl.dot in bfloat16 wrongly, so
+these run in float32; tests/gpu/test_deterministic_on_gpu.py runs bfloat16 on a GPU.)"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # NOTE: before triton is imported anywhere in this process
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from tests.integration.engine_helpers import checked_engine  # noqa: E402
+
+PROMPTS = ["Hello", "The cat sees the dog and the bird.", "Q: What is paris? A:", "one two three four five six"]
+GREEDY = {"max_new_tokens": 5, "temperature": 0, "ignore_eos": True}
+
+
+def test_a_row_has_the_same_bits_in_any_launch():
+    from runtime.model.invariant_matmul import invariant_matmul
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(40, 72, generator=gen)  # K not a multiple of the tile: a masked last chunk
+    x = torch.randn(130, 72, generator=gen)
+    full = invariant_matmul(x, weight, num_sms=4)
+    torch.testing.assert_close(full, x @ weight.T, rtol=1e-5, atol=1e-5)
+    for rows in (1, 3, 64, 65):
+        assert torch.equal(invariant_matmul(x[:rows].clone(), weight, num_sms=4), full[:rows]), rows
+    order = torch.randperm(130, generator=gen)
+    assert torch.equal(invariant_matmul(x[order].clone(), weight, num_sms=4), full[order])
+    assert invariant_matmul(x[:0], weight, num_sms=4).shape == (0, 40)
+
+
+def test_the_launch_shape_follows_the_weight_and_the_card_only():
+    from runtime.model.invariant_matmul import invariant_config
+
+    assert invariant_config(28672, 132).block_n == 128  # 224 column tiles
+    assert invariant_config(6144, 132).block_n == 32  # 96 tiles of 64 would leave SMs idle at one row
+    assert invariant_config(4096, 64).block_n == 64
+
+
+def test_bad_operands_get_a_clear_error():
+    from runtime.model.invariant_matmul import invariant_matmul
+
+    with pytest.raises(ValueError, match="weight \\[N, K\\]"):
+        invariant_matmul(torch.ones(2, 3), torch.ones(4, 5))
+    with pytest.raises(ValueError, match="one dtype"):
+        invariant_matmul(torch.ones(2, 3), torch.ones(4, 3, dtype=torch.float64))
+
+
+def _run(path, ids, **options):
+    """Each prompt's output ids and output logprobs, batched, then alone."""
+    params = dict(sampling_params=GREEDY, return_logprob=True)
+    with checked_engine(model_path=path, dtype="float32", attention_backend="triton", deterministic_inference=True,
+                        **options) as engine:
+        batched = engine.generate(input_ids=ids, **params)
+        engine.flush_cache()
+        alone = [engine.generate(input_ids=one, **params) for one in ids]
+        # the conversation goes on: prompt + answer, its prefix (answer included) from the cache
+        follow = engine.generate(input_ids=ids[1] + alone[1]["output_ids"] + ids[2], **params)
+    pick = lambda out: (out["output_ids"], out["meta_info"]["output_token_logprobs"])  # noqa: E731
+    return [pick(o) for o in batched], [pick(o) for o in alone], pick(follow)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    path = tiny_model_dir("llama")
+    ids = [AutoTokenizer.from_pretrained(path).encode(p) for p in PROMPTS]
+    return path, ids
+
+
+def test_alone_batched_chunked_and_cached_give_the_same_bits(setup):
+    path, ids = setup
+    batched, alone, follow = _run(path, ids)
+    assert batched == alone  # tokens and logprobs, exactly
+    chunked = _run(path, ids, chunked_prefill_size=3)
+    uncached = _run(path, ids, disable_radix_cache=True)
+    assert chunked == uncached == (batched, alone, follow)
+
+
+def test_only_prefill_kv_stays_in_the_cache(setup):
+    """Decode attention and prefill attention round differently on a GPU, so a later prompt reusing
+    decoded KV would get other bits than the same prompt computed afresh: only the prompt's KV stays."""
+    path, ids = setup
+    for deterministic in (True, False):
+        with checked_engine(model_path=path, dtype="float32", attention_backend="triton",
+                            deterministic_inference=deterministic) as engine:
+            engine.generate(input_ids=ids[1], sampling_params=GREEDY)
+            decoded = GREEDY["max_new_tokens"] - 1  # the last token's KV is never computed
+            assert engine.scheduler.cache.total_size == len(ids[1]) + (0 if deterministic else decoded)
+
+
+def test_it_refuses_what_it_cannot_keep(tiny_model_dir):
+    from runtime import Engine
+
+    path = tiny_model_dir("llama")
+    with pytest.raises(ValueError, match="attention_backend='triton'"):
+        Engine(model_path=path, dtype="float32", attention_backend="torch_native", deterministic_inference=True)
+    with pytest.raises(ValueError, match="unquantized"):
+        Engine(model_path=path, dtype="bfloat16", attention_backend="triton", deterministic_inference=True,
+               quantization="fp8")
+
+
+def test_every_product_takes_the_invariant_kernel(setup, monkeypatch):
+    import runtime.model.invariant_matmul as invariant
+
+    path, ids = setup
+    calls = []
+    original = invariant.invariant_matmul
+    monkeypatch.setattr(invariant, "invariant_matmul", lambda x, w, **k: calls.append(tuple(w.shape)) or original(x, w, **k))
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: pytest.fail("a product took F.linear"))
+    with checked_engine(model_path=path, dtype="float32", attention_backend="triton", deterministic_inference=True) as engine:
+        engine.generate(input_ids=ids[0], sampling_params={**GREEDY, "max_new_tokens": 2})
+    assert calls, "no product took the invariant kernel"
