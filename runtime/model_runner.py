@@ -57,6 +57,13 @@ def _check_deterministic(config: EngineConfig, backend: str, device: torch.devic
         raise ValueError("deterministic_inference runs Triton kernels: on a CPU set TRITON_INTERPRET=1")
     if config.quantization is not None or fp8_checkpoint:
         raise ValueError("deterministic_inference takes unquantized weights, not quantization='fp8' or an fp8 checkpoint")
+    if device.type == "cuda":
+        from runtime.model.layers import fused_kernels
+
+        if fused_kernels(torch.zeros(1, device=device)) is None:
+            # torch's norm reduction splits a row by the batch's shape: only our row kernels are invariant
+            raise ValueError("deterministic_inference needs our Triton norm kernels, which are off here "
+                             "(SGFLOW_DISABLE_FUSED=1, or their start-up check failed: see the log)")
 
 
 def auto_max_running_requests(pool_tokens: int) -> int:

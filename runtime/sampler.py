@@ -122,11 +122,24 @@ def _filter(probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
 
 
 def token_logprob_tensors(
-    logits: torch.Tensor, token_ids: torch.Tensor, top_n: int
+    logits: torch.Tensor, token_ids: torch.Tensor, top_n: int, row_invariant: bool = False
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """On the logits' device, without a sync: the logprob of each chosen token under
     log_softmax(logits) (raw logits: no temperature or mask) [N], and when top_n > 0 the top_n
-    alternatives' logprobs and ids [N, top_n]. logits: [N, V], token_ids: [N]."""
+    alternatives' logprobs and ids [N, top_n]. logits: [N, V], token_ids: [N].
+    `row_invariant` (deterministic inference): each row's normaliser from log_normaliser.py, whose
+    bits never depend on the other rows."""
+    if row_invariant:
+        from runtime.log_normaliser import log_normalisers
+
+        logits = logits.float().contiguous()
+        row_max, log_sum = log_normalisers(logits)
+        shift = lambda x: (x - row_max.unsqueeze(1)) - log_sum.unsqueeze(1)  # noqa: E731 (log_softmax's order)
+        chosen = shift(logits.gather(-1, token_ids.view(-1, 1))).view(-1)
+        if top_n <= 0:
+            return chosen, None, None
+        values, indices = logits.topk(min(top_n, logits.shape[-1]), dim=-1)
+        return chosen, shift(values), indices
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     chosen = logprobs.gather(-1, token_ids.view(-1, 1)).view(-1)
     if top_n <= 0:
@@ -145,7 +158,7 @@ def logprobs_to_lists(
 
 
 def token_logprobs(
-    logits: torch.Tensor, token_ids: torch.Tensor, top_n: int
+    logits: torch.Tensor, token_ids: torch.Tensor, top_n: int, row_invariant: bool = False
 ) -> tuple[list[float], Optional[list[list[tuple[float, int]]]]]:
     """token_logprob_tensors as host lists (waits for the device)."""
-    return logprobs_to_lists(*token_logprob_tensors(logits, token_ids, top_n))
+    return logprobs_to_lists(*token_logprob_tensors(logits, token_ids, top_n, row_invariant))

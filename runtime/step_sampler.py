@@ -35,6 +35,7 @@ class StepSampler:
         self.runner = runner
         self.tokenizer = tokenizer
         self.generator = torch.Generator(device=runner.device).manual_seed(config.random_seed)
+        self.row_invariant = config.deterministic_inference  # logprobs' normalisers too (log_normaliser.py)
 
     # ------------------------------------------------------------------ extend
     def extend_logits(
@@ -77,7 +78,7 @@ class StepSampler:
         if hi > lo:
             logits = self.runner.compute_logits(hidden[lo - start : hi - start])
             targets = to_device(prompt[lo + 1 : hi + 1], torch.int64, logits.device)
-            chosen, tops = token_logprobs(logits, targets, req.top_logprobs_num)
+            chosen, tops = token_logprobs(logits, targets, req.top_logprobs_num, self.row_invariant)
             req.input_token_logprobs.extend((lp, t, None) for lp, t in zip(chosen, prompt[lo + 1 : hi + 1]))
             if tops is not None:
                 req.input_top_logprobs.extend([(lp, t, None) for lp, t in row] for row in tops)
@@ -133,9 +134,8 @@ class StepSampler:
         index = to_device(rows, torch.int64, logits.device)
         apply_token_bitmask_(logits, bitmask.to(logits.device, non_blocking=True), index)
 
-    @staticmethod
     def output_logprobs(
-        reqs: list[Req], logits: torch.Tensor, next_ids: torch.Tensor, live: list[bool]
+        self, reqs: list[Req], logits: torch.Tensor, next_ids: torch.Tensor, live: list[bool]
     ) -> tuple[list[int], tuple]:
         """Queue the output logprobs of the rows that asked for them: (rows, device tensors)."""
         rows = [i for i, (r, alive) in enumerate(zip(reqs, live)) if alive and r.return_logprob]
@@ -143,4 +143,4 @@ class StepSampler:
             return [], (None, None, None)
         index = to_device(rows, torch.int64, logits.device)
         top_n = max(reqs[i].top_logprobs_num for i in rows)
-        return rows, token_logprob_tensors(logits[index], next_ids[index], top_n)
+        return rows, token_logprob_tensors(logits[index], next_ids[index], top_n, self.row_invariant)

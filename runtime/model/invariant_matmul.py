@@ -33,21 +33,24 @@ class InvariantConfig:
     num_stages: int = 3
 
 
-def invariant_config(n: int, num_sms: int) -> InvariantConfig:
+def invariant_config(n: int, num_sms: int, dtype: torch.dtype = torch.bfloat16) -> InvariantConfig:
     """The launch shape for a weight of `n` output rows: the widest column tile that still gives every
     SM a program at one row (a decode step streams the weight, and idle SMs stream nothing). It
-    depends on the weight and the card, never on the number of rows."""
+    depends on the weight and the card, never on the number of rows. float32 tiles take two stages:
+    three need ~150 KB of shared memory, more than many GPUs have."""
+    stages = 2 if dtype == torch.float32 else 3
     for block_n in (128, 64):
         if triton.cdiv(n, block_n) >= num_sms:
-            return InvariantConfig(block_n=block_n)
-    return InvariantConfig(block_n=32)
+            return InvariantConfig(block_n=block_n, num_stages=stages)
+    return InvariantConfig(block_n=32, num_stages=stages)
 
 
 # M changes every step: not specialised (M == 1, M % 16 == 0), so the first steps compile nothing new
 @triton.jit(do_not_specialize=["M"])
 def _invariant_kernel(
-    x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
+    x_ptr, w_ptr, bias_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
 ):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -63,13 +66,16 @@ def _invariant_kernel(
         x = tl.load(x_rows + k[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         w = tl.load(w_rows + k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+    if HAS_BIAS:  # in float32, before the one rounding to the output dtype (as cuBLAS's epilogue)
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_n[None, :])
 
 
-def invariant_matmul(x: torch.Tensor, weight: torch.Tensor, num_sms: int | None = None) -> torch.Tensor:
-    """x [M, K] @ weight [N, K]^T → [M, N] in x's dtype (float32 accumulation), each row's bits
-    independent of M and of the other rows. `num_sms` overrides the device's (tests)."""
+def invariant_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     num_sms: int | None = None) -> torch.Tensor:
+    """x [M, K] @ weight [N, K]^T (+ bias [N]) → [M, N] in x's dtype (float32 accumulation), each
+    row's bits independent of M and of the other rows. `num_sms` overrides the device's (tests)."""
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"invariant_matmul takes x [M, K] and weight [N, K], got {tuple(x.shape)} and {tuple(weight.shape)}")
     if x.dtype != weight.dtype:
@@ -78,6 +84,8 @@ def invariant_matmul(x: torch.Tensor, weight: torch.Tensor, num_sms: int | None 
         x = x.contiguous()
     if weight.stride(1) != 1:
         raise ValueError("invariant_matmul needs a weight with contiguous rows")
+    if bias is not None and (bias.shape != (weight.shape[0],) or bias.stride(0) != 1):
+        raise ValueError(f"invariant_matmul takes a contiguous bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     m, k = x.shape
     n = weight.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
@@ -85,12 +93,12 @@ def invariant_matmul(x: torch.Tensor, weight: torch.Tensor, num_sms: int | None 
         return y
     if num_sms is None:
         num_sms = _num_sms(x.device)
-    config = invariant_config(n, num_sms)
+    config = invariant_config(n, num_sms, x.dtype)
     grid = (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n))
     _invariant_kernel[grid](
-        x, weight, y, m, n, k, x.stride(0), weight.stride(0), y.stride(0),
+        x, weight, bias if bias is not None else weight, y, m, n, k, x.stride(0), weight.stride(0), y.stride(0),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", HAS_BIAS=bias is not None,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return y

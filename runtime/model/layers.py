@@ -210,8 +210,9 @@ class Linear(nn.Module):
         if self.batch_invariant:
             from runtime.model.invariant_matmul import invariant_matmul
 
-            y = invariant_matmul(x.reshape(-1, self.input_size), self.weight)
-            return self.add_bias(y).view(*x.shape[:-1], self.output_size)
+            assert self.weight_scale is None, "the batch-invariant product takes unquantized weights"
+            y = invariant_matmul(x.reshape(-1, self.input_size), self.weight, self.bias)
+            return y.view(*x.shape[:-1], self.output_size)
         if self.takes_one_row(x):
             from runtime.model.matvec import vector_matmul
 

@@ -13,11 +13,12 @@ pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CU
 NEW = {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True}
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_model_dir):
-    # wide enough that cuBLAS picks other kernels for 1, 8 and 300 rows
+@pytest.fixture(scope="module", params=[384, 389], ids=["vocab384", "odd_vocab"])
+def setup(tiny_model_dir, request):
+    # wide enough that cuBLAS picks other kernels for 1, 8 and 300 rows; an odd vocabulary puts logit
+    # rows at other alignments, where torch's log_softmax may sum in another order
     path = tiny_model_dir("llama", hidden_size=1024, num_layers=4, num_heads=16, num_kv_heads=4,
-                          intermediate_size=2816, max_position_embeddings=2048)
+                          intermediate_size=2816, max_position_embeddings=2048, vocab_size=request.param)
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(10, 300, (n,), generator=gen).tolist() for n in (5, 40, 130, 300, 17, 64, 250, 90)]
     return path, prompts
@@ -37,6 +38,8 @@ def _outputs(path, prompts, **options):
         shared = [pick(o) for o in engine.generate(input_ids=[prompts[3] + prompts[0], prompts[6][:200] + prompts[1]],
                                                    **params)]
         second_turn = pick(engine.generate(input_ids=prompts[2] + alone[2][0] + prompts[0], **params))
+    for ids, logprobs in batched + alone + shared + [second_turn]:  # a failed step would leave empty lists
+        assert len(ids) == len(logprobs) == NEW["max_new_tokens"]
     return batched, alone, shared, second_turn
 
 

@@ -17,7 +17,9 @@ pytest.importorskip("triton")
 
 from tests.integration.engine_helpers import checked_engine  # noqa: E402
 
-PROMPTS = ["Hello", "The cat sees the dog and the bird.", "Q: What is paris? A:", "one two three four five six"]
+PROMPTS = ["Hello", "The cat sees the dog and the bird.", "Q: What is paris? A:", "one two three four five six",
+           # long enough that the default engine would split its decode attention (more than 64 tokens)
+           " ".join(["the quick brown fox jumps over the lazy dog"] * 12)]
 GREEDY = {"max_new_tokens": 5, "temperature": 0, "ignore_eos": True}
 
 
@@ -64,6 +66,8 @@ def _run(path, ids, **options):
         # the conversation goes on: prompt + answer, its prefix (answer included) from the cache
         follow = engine.generate(input_ids=ids[1] + alone[1]["output_ids"] + ids[2], **params)
     pick = lambda out: (out["output_ids"], out["meta_info"]["output_token_logprobs"])  # noqa: E731
+    for out in batched + alone + [follow]:  # every step ran: a failed one would leave equal, empty lists
+        assert len(out["output_ids"]) == len(out["meta_info"]["output_token_logprobs"]) == GREEDY["max_new_tokens"]
     return [pick(o) for o in batched], [pick(o) for o in alone], pick(follow)
 
 
@@ -73,6 +77,7 @@ def setup(tiny_model_dir):
 
     path = tiny_model_dir("llama")
     ids = [AutoTokenizer.from_pretrained(path).encode(p) for p in PROMPTS]
+    assert len(ids[-1]) > 64
     return path, ids
 
 
@@ -108,14 +113,51 @@ def test_it_refuses_what_it_cannot_keep(tiny_model_dir):
                quantization="fp8")
 
 
-def test_every_product_takes_the_invariant_kernel(setup, monkeypatch):
+def test_decode_attention_takes_one_split_whatever_the_batch():
+    """More splits sum a request's keys in another order (the engine test's tiny model can hide one
+    ulp of attention in its residual stream, so this asks the backend directly)."""
+    from runtime.attention.triton.backend import TritonAttention
+
+    device = torch.device("cpu")
+    for deterministic, expected in ((True, {1}), (False, {4, 2, 1})):
+        backend = TritonAttention(deterministic=deterministic)
+        seen = set()
+        for batch_size, longest in ((1, 4096), (1, 100), (64, 4096)):
+            backend.metadata = type("Meta", (), {"max_seq_len": longest})()
+            seen.add(backend._decode_splits(batch_size, 2, device))
+        assert seen == expected, (deterministic, seen)
+
+
+def test_a_row_normaliser_is_log_softmax_and_independent_of_the_rows_around_it():
+    from runtime.log_normaliser import log_normalisers
+    from runtime.sampler import token_logprob_tensors
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 4101, generator=gen) * 4  # an odd vocabulary, past two chunks
+    row_max, log_sum = log_normalisers(logits)
+    torch.testing.assert_close(row_max + log_sum, torch.logsumexp(logits, -1), rtol=1e-6, atol=1e-5)
+    for row in range(5):
+        alone = log_normalisers(logits[row : row + 1].clone())
+        assert torch.equal(alone[0], row_max[row : row + 1]) and torch.equal(alone[1], log_sum[row : row + 1])
+    tokens = torch.tensor([0, 7, 4100, 3, 9])
+    want = token_logprob_tensors(logits, tokens, 3)
+    got = token_logprob_tensors(logits, tokens, 3, row_invariant=True)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    assert torch.equal(got[2], want[2])
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_every_product_takes_the_invariant_kernel(tiny_model_dir, monkeypatch, tied):
     import runtime.model.invariant_matmul as invariant
 
-    path, ids = setup
+    path = tiny_model_dir("llama", tie_word_embeddings=tied)  # tied: the LM head is the embedding
+    ids = [[5, 9, 30, 31]]
     calls = []
     original = invariant.invariant_matmul
-    monkeypatch.setattr(invariant, "invariant_matmul", lambda x, w, **k: calls.append(tuple(w.shape)) or original(x, w, **k))
+    monkeypatch.setattr(invariant, "invariant_matmul", lambda x, w, *a, **k: calls.append(tuple(w.shape)) or original(x, w, *a, **k))
     monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: pytest.fail("a product took F.linear"))
     with checked_engine(model_path=path, dtype="float32", attention_backend="triton", deterministic_inference=True) as engine:
         engine.generate(input_ids=ids[0], sampling_params={**GREEDY, "max_new_tokens": 2})
-    assert calls, "no product took the invariant kernel"
+        vocab = engine.runner.vocab_size
+    assert any(rows == vocab for rows, _ in calls), "the LM head did not take the invariant kernel"

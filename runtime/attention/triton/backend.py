@@ -72,8 +72,8 @@ class TritonAttention(BaseAttentionBackend):
     so split steps launch one kernel a layer instead of two. `deterministic` (deterministic
     inference) decodes every request in one split, whatever the batch, and extends with every key
     tile on the masked path, whatever the chunk: a row's result then has the same bits alone or in
-    any batch, chunked or not. Unknown keyword arguments (device,
-    num_heads, ...) are accepted and ignored, like every backend's factory.
+    any batch, chunked or not. Unknown keyword arguments (device, num_heads, ...) are accepted and
+    ignored, like every backend's factory.
     """
 
     def __init__(
