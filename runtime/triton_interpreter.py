@@ -33,6 +33,20 @@ def can_launch_on(device: torch.device) -> bool:
     return device.type == "cuda" or is_interpreting()
 
 
+CPU_NUM_SMS = 4  # the interpreter's stand-in SM count: it runs programs one by one, so few keep it quick
+_SM_COUNTS: dict[int, int] = {}
+
+
+def sm_count(device: torch.device) -> int:
+    """The SMs a launch on `device` can spread over: the GPU's, or CPU_NUM_SMS on the CPU."""
+    if device.type != "cuda":
+        return CPU_NUM_SMS
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNTS:
+        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNTS[index]
+
+
 def exact_rounding(dtype: torch.dtype = torch.float8_e4m3fn) -> bool:
     """The `EXACT` argument of `round_to_fp8` for a launch that writes `dtype`: True under the
     interpreter when `dtype` is an fp8 format."""

@@ -19,9 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime.triton_interpreter import is_interpreting
-
-CPU_NUM_SMS = 4  # the interpreter's stand-in for the SM count (it runs programs one by one)
+from runtime.triton_interpreter import can_launch_on, sm_count
 
 
 @dataclass(frozen=True)
@@ -91,8 +89,10 @@ def invariant_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return y
+    if not can_launch_on(x.device):
+        raise RuntimeError("invariant_matmul runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1")
     if num_sms is None:
-        num_sms = _num_sms(x.device)
+        num_sms = sm_count(x.device)
     config = invariant_config(n, num_sms, x.dtype)
     grid = (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n))
     _invariant_kernel[grid](
@@ -102,17 +102,3 @@ def invariant_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return y
-
-
-_SMS: dict[int, int] = {}
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        if not is_interpreting():
-            raise RuntimeError("invariant_matmul runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1")
-        return CPU_NUM_SMS
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SMS:
-        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SMS[index]

@@ -12,11 +12,10 @@ from runtime.attention.triton.decode import DecodeConfig, NewKV, choose_num_spli
 from runtime.attention.triton.extend import ExtendConfig, default_extend_config, extend_attention
 from runtime.attention.triton.kv_store import can_rotate_and_store, rotary_store_agrees, rotary_store_kv, store_kv
 from runtime.forward_batch import ForwardBatch
-from runtime.triton_interpreter import can_launch_on
+from runtime.triton_interpreter import can_launch_on, sm_count
 
 logger = logging.getLogger(__name__)
 
-CPU_NUM_SMS = 4  # the interpreter runs programs one by one: few splits keep it quick
 DEFAULT_DECODE_CONFIG = DecodeConfig()
 
 
@@ -93,7 +92,6 @@ class TritonAttention(BaseAttentionBackend):
         self.decode_config = decode_config
         self.extend_config = extend_config
         self.metadata: TritonMetadata | None = None
-        self._num_sms: dict[torch.device, int] = {}
         self._step_splits: int | None = None  # set for CUDA-graph steps, where it must not change
         self._rotary_checked = True  # until warm_up checks the fused RoPE + KV write on a GPU
         self._decode_rope_checked = True  # likewise RoPE inside decode attention (NewKV)
@@ -249,10 +247,7 @@ class TritonAttention(BaseAttentionBackend):
             return self.num_splits
         if self._step_splits is not None:
             return self._step_splits
-        if device not in self._num_sms:
-            cuda = device.type == "cuda"
-            self._num_sms[device] = torch.cuda.get_device_properties(device).multi_processor_count if cuda else CPU_NUM_SMS
-        return choose_num_splits(batch_size, num_kv_heads, self.metadata.max_seq_len, self._num_sms[device])
+        return choose_num_splits(batch_size, num_kv_heads, self.metadata.max_seq_len, sm_count(device))
 
 
 def decode_rope_agrees(layer: AttentionLayer, q_dtype: torch.dtype, kv_dtype: torch.dtype, device: torch.device,
