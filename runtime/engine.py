@@ -9,6 +9,7 @@ Offline use and the HTTP server drive this same object; only I/O differs.
 from __future__ import annotations
 
 import asyncio
+import gc
 import queue
 import threading
 import uuid
@@ -37,6 +38,11 @@ class Engine:
         self.scheduler = Scheduler(self.config, self.runner, self.tokenizer)
         self._live: set[str] = set()
         self._live_lock = threading.Lock()
+        # What start-up built (imports, the model, the tokenizer: ~400k objects on a tiny model) lives as
+        # long as the engine. Frozen, the cyclic collector stops walking it: a full collection paused the
+        # scheduler 224 ms mid-run on the CPU before (benchmarks/RESULTS.md). shutdown() thaws it.
+        gc.collect()
+        gc.freeze()
         self._thread = threading.Thread(target=self.scheduler.run_forever, name="sgflow-scheduler", daemon=True)
         self._thread.start()
         self._closed = False
@@ -298,6 +304,7 @@ class Engine:
         self._thread.join(timeout=30)
         if self.grammars is not None:
             self.grammars.close()  # its compile workers must not outlive the engine
+        gc.unfreeze()  # this engine's objects may be cyclic garbage now: collectable again
         if not self._thread.is_alive():
             # drop every device tensor now (weights, KV pool, graphs), not when the Engine object dies
             self.scheduler = None
