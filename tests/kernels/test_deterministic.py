@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from tests.integration.engine_helpers import checked_engine  # noqa: E402
+from tests.integration.engine_helpers import checked_engine, hf_greedy  # noqa: E402
 
 PROMPTS = ["Hello", "The cat sees the dog and the bird.", "Q: What is paris? A:", "one two three four five six",
            # long enough that the default engine would split its decode attention (more than 64 tokens)
@@ -85,6 +85,8 @@ def test_alone_batched_chunked_and_cached_give_the_same_bits(setup):
     path, ids = setup
     batched, alone, follow = _run(path, ids)
     assert batched == alone  # tokens and logprobs, exactly
+    # and right: equal among themselves would also hold for kernels equally wrong
+    assert [tokens for tokens, _ in batched] == hf_greedy(path, ids, GREEDY["max_new_tokens"])
     chunked = _run(path, ids, chunked_prefill_size=3)
     uncached = _run(path, ids, disable_radix_cache=True)
     assert chunked == uncached == (batched, alone, follow)
