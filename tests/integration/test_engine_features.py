@@ -299,6 +299,7 @@ def test_start_up_objects_are_frozen_while_an_engine_runs_and_collectable_after(
         assert gc.get_freeze_count() > 10_000
         model = weakref.ref(engine.runner.model)
         engine.generate(prompt=PROMPT, sampling_params={"max_new_tokens": 2})
+        engine.check_integrity()
     finally:
         engine.shutdown()
     assert gc.get_freeze_count() == 0
