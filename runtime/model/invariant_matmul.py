@@ -71,9 +71,10 @@ def _invariant_kernel(
 
 
 def invariant_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                     num_sms: int | None = None) -> torch.Tensor:
+                     num_sms: int | None = None, config: InvariantConfig | None = None) -> torch.Tensor:
     """x [M, K] @ weight [N, K]^T (+ bias [N]) → [M, N] in x's dtype (float32 accumulation), each
-    row's bits independent of M and of the other rows. `num_sms` overrides the device's (tests)."""
+    row's bits independent of M and of the other rows. `num_sms` overrides the device's (tests);
+    `config` the launch shape (benchmarks: the invariance holds for any shape kept fixed across M)."""
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"invariant_matmul takes x [M, K] and weight [N, K], got {tuple(x.shape)} and {tuple(weight.shape)}")
     if x.dtype != weight.dtype:
@@ -91,9 +92,8 @@ def invariant_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         return y
     if not can_launch_on(x.device):
         raise RuntimeError("invariant_matmul runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1")
-    if num_sms is None:
-        num_sms = sm_count(x.device)
-    config = invariant_config(n, num_sms, x.dtype)
+    if config is None:
+        config = invariant_config(n, sm_count(x.device) if num_sms is None else num_sms, x.dtype)
     grid = (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n))
     _invariant_kernel[grid](
         x, weight, bias if bias is not None else weight, y, m, n, k, x.stride(0), weight.stride(0), y.stride(0),
