@@ -1,5 +1,5 @@
-"""The batch-invariant matmul (deterministic inference) on a GPU: its launch shape today against
-candidates with deeper K tiles, at the Llama-3-8B projections, for decode (M = 1, 8) and prefill
+"""The batch-invariant matmul (deterministic inference) on a GPU: the launch shape invariant_config
+picks against the other K tiles and pipelines, at the Llama-3-8B projections, for decode (M = 1, 8) and prefill
 (M = 256, 4096) rows, with cuBLAS as the reference rate. Each candidate is checked first: M rows at
 once must give the bits of each row alone (the invariance the engine relies on), on this card.
 
@@ -23,26 +23,23 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from benchmarks.bench_gemv import copy_tb_s  # noqa: E402
 from runtime.model.invariant_matmul import InvariantConfig, invariant_config, invariant_matmul  # noqa: E402
 from runtime.model.matmul_choice import graph_time_us  # noqa: E402
-from runtime.triton_interpreter import sm_count  # noqa: E402
+from runtime.triton_interpreter import shared_memory_bytes, sm_count  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
           "lm_head": (128256, 4096)}
 
 
-def copy_tb_s() -> float:
-    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    us = graph_time_us(lambda: y.copy_(x), reps=5, iters=10)
-    return 2 * 2**30 / (us * 1e-6) / 1e12
-
-
-def candidates(n: int, num_sms: int) -> dict[str, InvariantConfig]:
-    today = invariant_config(n, num_sms)
-    found = {"today": today}
-    for block_k, stages in ((128, 4), (256, 3)):
-        found[f"k{block_k}s{stages}"] = InvariantConfig(block_n=today.block_n, block_k=block_k, num_stages=stages)
+def candidates(n: int, k: int, num_sms: int, shared_memory: int) -> dict[str, InvariantConfig]:
+    """What invariant_config picks, and each (block_k, stages) it chooses among, in its column tile."""
+    chosen = invariant_config(n, k, num_sms, torch.bfloat16, shared_memory)
+    found = {"chosen": chosen}
+    for block_k, stages in ((64, 3), (128, 4), (256, 3)):  # (64, 3): the launch shape before session 11
+        config = InvariantConfig(block_n=chosen.block_n, block_k=block_k, num_stages=stages)
+        if config != chosen:
+            found[f"k{block_k}s{stages}"] = config
     return found
 
 
@@ -59,6 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     copy = copy_tb_s()
     num_sms = sm_count(torch.device("cuda"))
+    shared_memory = shared_memory_bytes(torch.device("cuda"))
     l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 * 2**20)
     rows = []
     for name, (n, k) in SHAPES.items():
@@ -66,7 +64,7 @@ def main() -> None:
         ws = [w] + [w.clone() for _ in range(max(0, -(-4 * l2 // (n * k * 2)) - 1))]
         probe = torch.randn(64, k, dtype=torch.bfloat16, device="cuda")
         configs = {}
-        for label, config in candidates(n, num_sms).items():
+        for label, config in candidates(n, k, num_sms, shared_memory).items():
             try:
                 if invariant_on_this_card(probe, w, config):
                     configs[label] = config

@@ -47,6 +47,23 @@ def sm_count(device: torch.device) -> int:
     return _SM_COUNTS[index]
 
 
+CPU_SHARED_MEMORY = 227 * 1024  # the interpreter has no limit: stand in a Hopper's, so launch shapes match one
+_SHARED_MEMORY: dict[int, int] = {}
+
+
+def shared_memory_bytes(device: torch.device) -> int:
+    """The most shared memory one program may take on `device` (the opt-in limit on a GPU)."""
+    if device.type != "cuda":
+        return CPU_SHARED_MEMORY
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SHARED_MEMORY:
+        try:
+            _SHARED_MEMORY[index] = int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])
+        except Exception:  # an unexpected driver API: the limit every CUDA GPU has
+            _SHARED_MEMORY[index] = 48 * 1024
+    return _SHARED_MEMORY[index]
+
+
 def exact_rounding(dtype: torch.dtype = torch.float8_e4m3fn) -> bool:
     """The `EXACT` argument of `round_to_fp8` for a launch that writes `dtype`: True under the
     interpreter when `dtype` is an fp8 format."""

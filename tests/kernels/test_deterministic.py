@@ -41,9 +41,21 @@ def test_a_row_has_the_same_bits_in_any_launch():
 def test_the_launch_shape_follows_the_weight_and_the_card_only():
     from runtime.model.invariant_matmul import invariant_config
 
-    assert invariant_config(28672, 132).block_n == 128  # 224 column tiles
-    assert invariant_config(6144, 132).block_n == 32  # 96 tiles of 64 would leave SMs idle at one row
-    assert invariant_config(4096, 64).block_n == 64
+    assert invariant_config(28672, 4096, 132).block_n == 128  # 224 column tiles
+    assert invariant_config(6144, 4096, 132).block_n == 32  # 96 tiles of 64 would leave SMs idle at one row
+    assert invariant_config(4096, 4096, 64).block_n == 64
+    # the deepest K tile that fits the card: a long K in 32-wide tiles takes 256, others 128 ...
+    hopper = 227 * 1024
+    assert (invariant_config(4096, 14336, 132, shared_memory=hopper).block_k,
+            invariant_config(4096, 14336, 132, shared_memory=hopper).num_stages) == (256, 3)
+    assert (invariant_config(28672, 4096, 132, shared_memory=hopper).block_k,
+            invariant_config(28672, 4096, 132, shared_memory=hopper).num_stages) == (128, 4)
+    # ... and a card with less shared memory gets a shallower one that fits, never a failed launch
+    for shared_memory in (100 * 1024, 64 * 1024, 48 * 1024):
+        for n, k in ((28672, 4096), (4096, 14336), (6144, 4096)):
+            c = invariant_config(n, k, 132, shared_memory=shared_memory)
+            assert c.num_stages * (c.block_m + c.block_n) * c.block_k * 2 <= shared_memory, (shared_memory, n, k, c)
+    assert invariant_config(4096, 14336, 132, torch.float32).block_k == 64  # float32: as before
 
 
 def test_bad_operands_get_a_clear_error():
