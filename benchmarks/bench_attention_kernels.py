@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
-from runtime.attention.triton.decode import DecodeConfig, choose_num_splits, decode_attention
+from runtime.attention.triton.decode import DecodeConfig, decode_attention
+from runtime.attention.triton.splits import choose_num_splits
 
 # (block_n, num_warps, num_stages) × forced split counts tried by --sweep
 SWEEP_CONFIGS = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128, 8, 2), (128, 8, 3)]

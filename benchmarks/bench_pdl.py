@@ -103,7 +103,8 @@ def _label(cfg: VectorConfig) -> str:
 
 def stack(copy: float, layers: int = 32, context: int = 1024) -> dict:
     """The batch-1 decode step's kernels without the engine around them (no sampling, no lm_head)."""
-    from runtime.attention.triton.decode import choose_num_splits, decode_attention
+    from runtime.attention.triton.decode import decode_attention
+    from runtime.attention.triton.splits import choose_num_splits
     from runtime.attention.triton.kv_store import store_kv
     from runtime.model import fused
 

@@ -29,7 +29,8 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from runtime.attention.triton.decode import choose_num_splits, decode_attention  # noqa: E402
+from runtime.attention.triton.decode import decode_attention  # noqa: E402
+from runtime.attention.triton.splits import choose_num_splits  # noqa: E402
 
 HIDDEN, INTER, HEADS, KV_HEADS, DIM = 4096, 14336, 32, 8, 128
 LAYERS, DISTINCT = 32, 4

@@ -78,12 +78,12 @@ class EngineConfig:
         False,
         "Batch-invariant kernels: a request's tokens and logprobs have the same bits alone or in any batch, "
         "with CUDA graphs or without, its prompt chunked or not, its prompt's prefix cached or not. Every matmul "
-        "runs one Triton launch shape per weight, decode attention one split per request, prefill attention "
+        "runs one Triton launch shape per weight, decode attention splits each request by its own length, prefill attention "
         "one tile path, logprobs one row kernel; finished requests leave only their prompt's KV in the prefix "
         "cache, and jump-forward is off. A request retracted for memory recomputes its answer's KV by prefill "
         "and matches from then on only up to rounding. Needs the Triton attention backend (a GPU, or a CPU under "
-        "TRITON_INTERPRET=1), our Triton norm kernels and unquantized weights. About half the default's speed on "
-        "an H200 (benchmarks/RESULTS.md).",
+        "TRITON_INTERPRET=1), our Triton norm kernels and unquantized weights. Slower than the default: about "
+        "half its batch-1 speed on an H200 with the first launch shapes (benchmarks/RESULTS.md).",
     )
     # --- constrained decoding
     disable_jump_forward: bool = _opt(False, "Decode forced grammar text token by token.")

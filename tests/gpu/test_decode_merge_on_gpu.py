@@ -27,7 +27,8 @@ def _decode_inputs(batch: int, max_len: int, seed: int):
 
 @pytest.mark.parametrize("batch,max_len", [(1, 1024), (1, 4096), (3, 2000), (8, 700)])
 def test_merging_in_the_last_split_equals_the_merge_kernel_every_launch(batch, max_len):
-    from runtime.attention.triton.decode import choose_num_splits, decode_attention_table, merge_workspace
+    from runtime.attention.triton.decode import decode_attention_table, merge_workspace
+    from runtime.attention.triton.splits import choose_num_splits
 
     q, k, v, table, rows, seq_lens = _decode_inputs(batch, max_len, seed=batch * max_len)
     splits = choose_num_splits(batch, KV_HEADS, max_len, torch.cuda.get_device_properties(0).multi_processor_count)

@@ -51,7 +51,8 @@ def test_rope_inside_decode_attention_matches_rotary_store_then_decode(pool_dtyp
     engine runs it. Against rotary_store_kv then decode at the 8B head shape: the pool's new K/V
     and the output. Both round RoPE through the same float32 formulas; equal bytes are expected,
     and the start-up check (backend.decode_rope_agrees) allows one rounding step."""
-    from runtime.attention.triton.decode import NewKV, choose_num_splits, decode_attention_table
+    from runtime.attention.triton.decode import NewKV, decode_attention_table
+    from runtime.attention.triton.splits import choose_num_splits
     from runtime.attention.triton.kv_store import rotary_store_kv
     from runtime.model.rotary import RotaryEmbedding
 

@@ -30,7 +30,8 @@ COMPILE = textwrap.dedent("""
                     scale_log2="fp32")
     consts = dict(GROUP=4, HEAD_DIM=128, BLOCK_H=16, BLOCK_D=128, BLOCK_N=64, DOT_PRECISION="tf32", PDL=False,
                   SINGLE_SPLIT=False, KV_VIA_F32=False, ROPE=sys.argv[1] == "rope", QK_EXACT=False, EXACT=False,
-                  MANT_BITS=3, MIN_EXP=-6, MERGE_HERE=True, BLOCK_G=4, CHUNK_S=16)
+                  MANT_BITS=3, MIN_EXP=-6, MERGE_HERE=True, BLOCK_G=4, CHUNK_S=16,
+                  OWN_MIN_LEN=256 if sys.argv[1] == "by_length" else 0, OWN_MAX=16)
     signature = {name: pointers.get(name, "constexpr" if name in consts else "i32") for name in fn.arg_names}
     kernel = triton.compile(ASTSource(fn, signature, consts, {}), target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": 4, "num_stages": 2})
@@ -47,7 +48,7 @@ def _ptx(variant: str) -> str:
     return done.stdout
 
 
-@pytest.mark.parametrize("variant", ["plain", "rope"])
+@pytest.mark.parametrize("variant", ["plain", "rope", "by_length"])  # by_length: LengthSplits (deterministic)
 def test_the_last_split_reads_the_others_parts_only_after_an_acquire_release_ticket(variant):
     lines = [line.strip() for line in _ptx(variant).splitlines()]
 

@@ -127,19 +127,23 @@ def test_it_refuses_what_it_cannot_keep(tiny_model_dir):
                quantization="fp8")
 
 
-def test_decode_attention_takes_one_split_whatever_the_batch():
-    """More splits sum a request's keys in another order (the engine test's tiny model can hide one
-    ulp of attention in its residual stream, so this asks the backend directly)."""
-    from runtime.attention.triton.backend import TritonAttention
+def test_decode_attention_splits_by_length_whatever_the_batch():
+    """The default engine's split count follows the batch size, so a request's keys are summed in
+    other orders in other batches; deterministic inference's follows the longest request only, and
+    the kernel cuts each request by its own length (test_triton_attention checks the bits). The
+    engine test's tiny model can hide one ulp of attention in its residual stream, so this asks the
+    backend directly."""
+    from runtime.attention.triton.backend import DETERMINISTIC_SPLITS, TritonAttention
 
     device = torch.device("cpu")
-    for deterministic, expected in ((True, {1}), (False, {4, 2, 1})):
+    for deterministic, expected in ((True, [16, 1, 16]), (False, [4, 2, 1])):
         backend = TritonAttention(deterministic=deterministic)
-        seen = set()
+        seen = []
         for batch_size, longest in ((1, 4096), (1, 100), (64, 4096)):
             backend.metadata = type("Meta", (), {"max_seq_len": longest})()
-            seen.add(backend._decode_splits(batch_size, 2, device))
+            seen.append(backend._decode_splits(batch_size, 2, device))
         assert seen == expected, (deterministic, seen)
+    assert DETERMINISTIC_SPLITS.launch_splits(4096) == 16 and DETERMINISTIC_SPLITS.launch_splits(100) == 1
 
 
 def test_a_row_normaliser_is_log_softmax_and_independent_of_the_rows_around_it():

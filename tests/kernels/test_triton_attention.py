@@ -19,7 +19,8 @@ from dataclasses import replace  # noqa: E402
 from runtime.attention.base import AttentionLayer, build_kv_indices, create_attention_backend
 from runtime.attention.torch_native import TorchNativeAttention
 from runtime.attention.triton.backend import TritonAttention, gather_kv_indices
-from runtime.attention.triton.decode import DecodeConfig, choose_num_splits
+from runtime.attention.triton.decode import DecodeConfig
+from runtime.attention.triton.splits import choose_num_splits
 from runtime.attention.triton.extend import ExtendConfig
 from runtime.attention.triton.kv_store import store_kv
 from runtime.cache.pool import KVPool, ReqToTokenPool
@@ -217,6 +218,35 @@ def test_merging_in_the_last_split_gives_the_merge_kernels_bits_and_leaves_the_c
     assert torch.equal(empty_row, decode_attention_table(*args, config=SMALL_DECODE))
     with pytest.raises(AssertionError, match="smaller than B x KvH"):
         decode_attention_table(*args, config=SMALL_DECODE, arrivals=merge_workspace(3, num_kv_heads, DEVICE))
+
+
+def test_splits_by_length_give_a_request_the_same_bits_alone_or_in_any_batch():
+    from runtime.attention.triton.decode import decode_attention_table, merge_workspace
+    from runtime.attention.triton.splits import LengthSplits
+
+    lengths = [1, 17, 40, 700]  # one split, two, three, and more than max_splits allows (capped)
+    batch, gen = decode_batch(lengths, 2, 32, torch.float32)
+    pool, table = batch.kv_pool, batch.req_to_token
+    q = torch.randn(4, 4, 32, generator=gen).to(DEVICE)
+    by_length = LengthSplits(min_len=16, max_splits=8)
+    counters = merge_workspace(4, 2, DEVICE)
+
+    def decode(rows, num_splits, arrivals=counters):
+        return decode_attention_table(q[rows], pool.k_buffers[1], pool.v_buffers[1], table, batch.req_pool_indices[rows],
+                                      table.stride(0), batch.seq_lens[rows], 32**-0.5, num_splits, config=SMALL_DECODE,
+                                      arrivals=arrivals, length_splits=by_length)
+
+    everyone = list(range(4))
+    together = decode(everyone, by_length.launch_splits(700))
+    assert by_length.launch_splits(700) == 8 and by_length.launch_splits(17) == 2
+    assert torch.equal(decode(everyone, 13), together)  # a wider launch (a CUDA graph's) changes nothing
+    assert torch.equal(decode(everyone, 8, arrivals=None), together)  # nor the merge kernel
+    for i, length in enumerate(lengths):
+        assert torch.equal(decode([i], by_length.launch_splits(length)), together[i:i + 1]), length
+    assert torch.count_nonzero(counters) == 0
+    assert_close(together, decode_attention_table(
+        q, pool.k_buffers[1], pool.v_buffers[1], table, batch.req_pool_indices, table.stride(0), batch.seq_lens,
+        32**-0.5, 1, config=SMALL_DECODE), torch.float32)
 
 
 def test_the_backend_merges_in_the_split_and_keeps_outgrown_counters():

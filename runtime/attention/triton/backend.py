@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from runtime.attention.base import AttentionLayer, BaseAttentionBackend, register_attention_backend
-from runtime.attention.triton.decode import DecodeConfig, NewKV, choose_num_splits, decode_attention_table, merge_workspace
+from runtime.attention.triton.decode import DecodeConfig, NewKV, decode_attention_table, merge_workspace
+from runtime.attention.triton.splits import LengthSplits, choose_num_splits
 from runtime.attention.triton.extend import ExtendConfig, default_extend_config, extend_attention
 from runtime.attention.triton.kv_store import can_rotate_and_store, rotary_store_agrees, rotary_store_kv, store_kv
 from runtime.forward_batch import ForwardBatch
@@ -60,6 +61,9 @@ def _indptr(lengths: torch.Tensor, device: torch.device) -> torch.Tensor:
     return indptr.to(torch.int32)
 
 
+DETERMINISTIC_SPLITS = LengthSplits()  # 1k tokens: 4 splits; 4k and more: 16
+
+
 @register_attention_backend("triton")
 class TritonAttention(BaseAttentionBackend):
     """Split-KV decode and causal extend kernels in Triton over the paged KV pool.
@@ -69,7 +73,7 @@ class TritonAttention(BaseAttentionBackend):
     the extend kernel's launch shape; by default it follows the head size (`default_extend_config`).
     `merge_in_split` lets the last split of each request and KV head merge the splits (decode.py),
     so split steps launch one kernel a layer instead of two. `deterministic` (deterministic
-    inference) decodes every request in one split, whatever the batch, and extends with every key
+    inference) splits each request's KV by its own length, whatever the batch, and extends with every key
     tile on the masked path, whatever the chunk: a row's result then has the same bits alone or in
     any batch, chunked or not. Unknown keyword arguments (device, num_heads, ...) are accepted and
     ignored, like every backend's factory.
@@ -190,7 +194,7 @@ class TritonAttention(BaseAttentionBackend):
     def forward_decode(self, q, k, v, layer: AttentionLayer, batch: ForwardBatch, rotary=None) -> torch.Tensor:
         splits = self._decode_splits(batch.batch_size, layer.num_kv_heads, q.device)
         new_kv = None
-        if rotary is not None and splits > 1 and self._decode_rope_checked:
+        if rotary is not None and splits > 1 and self._decode_rope_checked and not self.deterministic:
             # Small batches, where each launch shows: RoPE and the KV write happen in the attention
             # kernel itself (decode.py), one launch a layer less. One-split batches are bandwidth-
             # bound and keep rotary_store_kv.
@@ -200,10 +204,12 @@ class TritonAttention(BaseAttentionBackend):
         else:
             k_buffer, v_buffer = self._store(q, k, v, layer, batch, rotary)
         table = batch.req_to_token
-        arrivals = self._merge_counters(batch.batch_size, layer.num_kv_heads, q.device) if splits > 1 else None
+        split = splits > 1 or self.deterministic  # (deterministic: always through the merge, see LengthSplits)
+        arrivals = self._merge_counters(batch.batch_size, layer.num_kv_heads, q.device) if split else None
         return decode_attention_table(
             q, k_buffer, v_buffer, table, batch.req_pool_indices, table.stride(0), batch.seq_lens, layer.scaling,
             splits, config=self.decode_config, new_kv=new_kv, arrivals=arrivals,
+            length_splits=DETERMINISTIC_SPLITS if self.deterministic else None,
         )
 
     def _merge_counters(self, batch_size: int, num_kv_heads: int, device: torch.device) -> torch.Tensor | None:
@@ -241,8 +247,8 @@ class TritonAttention(BaseAttentionBackend):
         return k_buffer, v_buffer
 
     def _decode_splits(self, batch_size: int, num_kv_heads: int, device: torch.device) -> int:
-        if self.deterministic:  # a request's splits would follow the batch size, and so would its sums
-            return 1
+        if self.deterministic:  # each request split by its own length: its sums never follow the batch
+            return DETERMINISTIC_SPLITS.launch_splits(self.metadata.max_seq_len)
         if self.num_splits is not None:
             return self.num_splits
         if self._step_splits is not None:

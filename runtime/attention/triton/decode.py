@@ -30,7 +30,6 @@ rotary_store_kv (kv_store.py) in every layer.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +37,7 @@ import triton
 import triton.language as tl
 
 from runtime import pdl
+from runtime.attention.triton.splits import LengthSplits
 from runtime.attention.triton.tile import attend_loaded_tile, attend_tile
 from runtime.pdl import enter_small_kernel, gdc_launch_dependents, gdc_wait
 from runtime.triton_interpreter import exact_bf16, exact_rounding, fp8_format, round_to_bf16, round_to_fp8
@@ -85,7 +85,7 @@ def _decode_split_kernel(
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
     KV_VIA_F32: tl.constexpr, ROPE: tl.constexpr, QK_EXACT: tl.constexpr, EXACT: tl.constexpr,
     MANT_BITS: tl.constexpr, MIN_EXP: tl.constexpr, MERGE_HERE: tl.constexpr, BLOCK_G: tl.constexpr,
-    CHUNK_S: tl.constexpr,
+    CHUNK_S: tl.constexpr, OWN_MIN_LEN: tl.constexpr, OWN_MAX: tl.constexpr,
 ):
     if PDL:  # a small kernel: the next one may launch now (runtime/pdl.py)
         gdc_launch_dependents()
@@ -98,8 +98,9 @@ def _decode_split_kernel(
     # so each finishes before any later kernel starts), never by one of its kernels.
     kv_start = tl.load(row_ptr + batch).to(tl.int64) * row_stride
     seq_len = tl.load(seq_lens_ptr + batch).to(tl.int32)
+    own = _own_splits(seq_len, num_splits, OWN_MIN_LEN, OWN_MAX)
     # whole tiles per split: only a request's last tile is partly masked
-    split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
+    split_len = tl.cdiv(tl.cdiv(seq_len, own), BLOCK_N) * BLOCK_N
     lo = split * split_len
     hi = tl.minimum(lo + split_len, seq_len)
 
@@ -187,8 +188,11 @@ def _decode_split_kernel(
     lse = m_i + tl.log2(l_safe)
     # mid_o: [B, H, num_splits, BLOCK_D]; mid_lse: [B, H, num_splits]
     mid_row = batch * stride_mid_b + heads * stride_mid_h + split * BLOCK_D
-    tl.store(mid_o_ptr + mid_row[:, None] + offs_d[None, :], acc / l_safe[:, None], mask=mask_h[:, None])
-    tl.store(mid_lse_ptr + batch * stride_lse_b + heads * stride_lse_h + split, lse, mask=mask_h)
+    # a split past the request's own count is empty, and the merge skips it (a vector: the
+    # interpreter takes no scalar in a store mask)
+    stored = mask_h & (split + 0 * offs_h < own)
+    tl.store(mid_o_ptr + mid_row[:, None] + offs_d[None, :], acc / l_safe[:, None], mask=stored[:, None])
+    tl.store(mid_lse_ptr + batch * stride_lse_b + heads * stride_lse_h + split, lse, mask=stored)
     if MERGE_HERE:
         # The last split of this (request, KV head) to finish merges them all, so no merge kernel
         # launches. Every thread's stores come before the count (the barrier), the count releases
@@ -197,8 +201,18 @@ def _decode_split_kernel(
         counter = arrivals_ptr + batch * tl.num_programs(1) + kv_head
         if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_splits - 1:
             tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # zero again for the next launch
-            _merge_splits(mid_o_ptr, mid_lse_ptr, o_ptr, batch, kv_head, num_splits, stride_mid_b, stride_mid_h,
+            _merge_splits(mid_o_ptr, mid_lse_ptr, o_ptr, batch, kv_head, own, stride_mid_b, stride_mid_h,
                           stride_lse_b, stride_lse_h, stride_o_b, stride_o_h, GROUP, HEAD_DIM, BLOCK_G, BLOCK_D, CHUNK_S)
+
+
+@triton.jit
+def _own_splits(seq_len, num_splits, OWN_MIN_LEN: tl.constexpr, OWN_MAX: tl.constexpr):
+    """The splits a request's KV is cut into: all of the launch's, or (OWN_MIN_LEN > 0, deterministic
+    inference) a count from its own length only, min(OWN_MAX, ceil(seq_len / OWN_MIN_LEN)), so its
+    sums do not depend on what else is in the batch. The launch has at least that many."""
+    if OWN_MIN_LEN > 0:
+        return tl.minimum(tl.maximum(tl.cdiv(seq_len, OWN_MIN_LEN), 1), OWN_MAX)
+    return num_splits
 
 
 @triton.jit
@@ -240,32 +254,20 @@ def _merge_splits(
              mask=mask_g[:, None] & (offs_d < HEAD_DIM)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["seq_lens_ptr"])
 def _decode_merge_kernel(
-    mid_o_ptr, mid_lse_ptr, o_ptr, num_splits,
+    mid_o_ptr, mid_lse_ptr, o_ptr, num_splits, seq_lens_ptr,
     stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h, stride_o_b, stride_o_h,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    CHUNK_S: tl.constexpr, PDL: tl.constexpr,
+    CHUNK_S: tl.constexpr, PDL: tl.constexpr, OWN_MIN_LEN: tl.constexpr, OWN_MAX: tl.constexpr,
 ):
     enter_small_kernel(PDL)  # see runtime/pdl.py
-    _merge_splits(mid_o_ptr, mid_lse_ptr, o_ptr, tl.program_id(0), tl.program_id(1), num_splits,
+    own = num_splits
+    if OWN_MIN_LEN > 0:  # (the lengths are read only then: they were written before the forward pass)
+        own = _own_splits(tl.load(seq_lens_ptr + tl.program_id(0)).to(tl.int32), num_splits, OWN_MIN_LEN, OWN_MAX)
+    _merge_splits(mid_o_ptr, mid_lse_ptr, o_ptr, tl.program_id(0), tl.program_id(1), own,
                   stride_mid_b, stride_mid_h, stride_lse_b, stride_lse_h, stride_o_b, stride_o_h,
                   GROUP, HEAD_DIM, BLOCK_G, BLOCK_D, CHUNK_S)
-
-
-def choose_num_splits(
-    batch_size: int, num_kv_heads: int, max_seq_len: int, num_sms: int,
-    programs_per_sm: float = 2.0, min_split_len: int = 64, max_splits: int = 64,
-) -> int:
-    """Enough splits that batch × kv_heads × splits fills the GPU about `programs_per_sm` times over,
-    but no split shorter than `min_split_len` tokens (the merge would cost more than it wins).
-
-    Measured on an H100 (bf16, GQA 32/8, D=128): B=1 × 1k context took 16 µs with 4 splits and 11 µs
-    with 16; B=64 × 4k runs at ~96% of copy bandwidth with 1 split, so large batches stay unsplit."""
-    programs = max(1, batch_size * num_kv_heads)
-    wanted = math.ceil(programs_per_sm * num_sms / programs)
-    useful = math.ceil(max(1, max_seq_len) / min_split_len)
-    return max(1, min(wanted, useful, max_splits))
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -307,7 +309,7 @@ def decode_attention_table(
     q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
     table: torch.Tensor, rows: torch.Tensor, row_stride: int, seq_lens: torch.Tensor,
     scaling: float, num_splits: int, out: torch.Tensor | None = None, config: DecodeConfig = DecodeConfig(),
-    new_kv: NewKV | None = None, arrivals: torch.Tensor | None = None,
+    new_kv: NewKV | None = None, arrivals: torch.Tensor | None = None, length_splits: LengthSplits | None = None,
 ) -> torch.Tensor:
     """`decode_attention` with request b's slots at table[rows[b] * row_stride + i], i < seq_lens[b]
     (e.g. table = req_to_token flattened, rows = req_pool_indices, row_stride = its row length).
@@ -315,7 +317,9 @@ def decode_attention_table(
     the kernel rotates and stores it (see NewKV), saving the launch of rotary_store_kv.
     With `arrivals`, int32 zeros of at least B × KvH (see `merge_workspace`), the last split of each
     (request, KV head) merges the splits itself, saving the merge kernel's launch; the kernel leaves
-    the counters zero again. One launch at a time may use a workspace."""
+    the counters zero again. One launch at a time may use a workspace. With `length_splits`, each
+    request is cut by its own length (LengthSplits); num_splits must be at least its
+    launch_splits(longest request)."""
     batch_size, num_heads, head_dim = q.shape
     num_kv_heads = k_buffer.shape[1]
     assert num_heads % num_kv_heads == 0 and q.stride(-1) == 1 and k_buffer.stride() == v_buffer.stride()
@@ -330,8 +334,9 @@ def decode_attention_table(
     out = torch.empty_like(q) if out is None else out
     if batch_size == 0:
         return out
+    single_split = num_splits == 1 and length_splits is None
     # partial results of stage 1, rows padded to BLOCK_D (one split writes `out` directly)
-    mid_shape = (batch_size, num_heads, num_splits, block_d) if num_splits > 1 else (1, 1, 1, block_d)
+    mid_shape = (batch_size, num_heads, num_splits, block_d) if not single_split else (1, 1, 1, block_d)
     mid_o = torch.empty(mid_shape, dtype=torch.float32, device=q.device)
     mid_lse = torch.empty(mid_shape[:3], dtype=torch.float32, device=q.device)
     mid_strides = (mid_o.stride(0), mid_o.stride(1), mid_lse.stride(0), mid_lse.stride(1))
@@ -342,13 +347,17 @@ def decode_attention_table(
         k_new, v_new = new_kv.k, new_kv.v
         new_args = (k_new, v_new, new_kv.cos, new_kv.sin, new_kv.loc, k_new.stride(0), k_new.stride(1),
                     v_new.stride(0), v_new.stride(1), new_kv.cos.stride(0))
-    merge_here = num_splits > 1 and arrivals is not None
+    merge_here = not single_split and arrivals is not None
     if merge_here:
         assert arrivals.dtype == torch.int32 and arrivals.is_contiguous()
         assert arrivals.numel() >= batch_size * num_kv_heads, "the merge workspace is smaller than B x KvH"
     block_g = triton.next_power_of_2(group)
     # splits merged per step of stage 2: a [group, chunk, BLOCK_D] float32 tile of at most 8k values
-    chunk_s = max(1, min(triton.next_power_of_2(num_splits), MERGE_TILE // (block_g * block_d)))
+    # (by length: a constant, so a request's splits are summed in the same groups in any launch)
+    most_splits = num_splits if length_splits is None else length_splits.max_splits
+    chunk_s = max(1, min(triton.next_power_of_2(most_splits), MERGE_TILE // (block_g * block_d)))
+    own_args = dict(OWN_MIN_LEN=0, OWN_MAX=0) if length_splits is None else dict(
+        OWN_MIN_LEN=length_splits.min_len, OWN_MAX=length_splits.max_splits)
     _decode_split_kernel[(batch_size, num_kv_heads, num_splits)](
         q, k_buffer, v_buffer, table, rows, row_stride, seq_lens, mid_o, mid_lse,
         scaling * LOG2_E,
@@ -356,17 +365,17 @@ def decode_attention_table(
         *mid_strides, out, out.stride(0), out.stride(1), *new_args, arrivals if merge_here else rows,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_H=max(MIN_DOT_ROWS, block_g),
         BLOCK_D=block_d, BLOCK_N=config.block_n, DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages, SINGLE_SPLIT=num_splits == 1,
+        num_warps=config.num_warps, num_stages=config.num_stages, SINGLE_SPLIT=single_split,
         KV_VIA_F32=k_buffer.dtype != q.dtype, ROPE=new_kv is not None, QK_EXACT=exact_bf16(q.dtype),
         EXACT=exact_rounding(k_buffer.dtype), **fp8_format(k_buffer.dtype), MERGE_HERE=merge_here,
-        BLOCK_G=block_g, CHUNK_S=chunk_s, **launch_pdl,
+        BLOCK_G=block_g, CHUNK_S=chunk_s, **own_args, **launch_pdl,
     )
-    if num_splits == 1 or merge_here:
+    if single_split or merge_here:
         return out
     _decode_merge_kernel[(batch_size, num_kv_heads)](
-        mid_o, mid_lse, out, num_splits,
+        mid_o, mid_lse, out, num_splits, seq_lens,
         *mid_strides, out.stride(0), out.stride(1),
-        GROUP=group, HEAD_DIM=head_dim, BLOCK_G=block_g, BLOCK_D=block_d, CHUNK_S=chunk_s,
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_G=block_g, BLOCK_D=block_d, CHUNK_S=chunk_s, **own_args,
         num_warps=config.num_warps, **launch_pdl,  # the split kernel's warps: the same layout, the same sums
     )
     return out
