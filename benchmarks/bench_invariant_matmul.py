@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.bench_gemv import copy_tb_s  # noqa: E402
+from benchmarks.bench_gemv import copies_overflowing_l2, copy_tb_s  # noqa: E402
 from runtime.model.invariant_matmul import InvariantConfig, invariant_config, invariant_matmul  # noqa: E402
 from runtime.model.matmul_choice import graph_time_us  # noqa: E402
 from runtime.triton_interpreter import shared_memory_bytes, sm_count  # noqa: E402
@@ -57,11 +57,10 @@ def main() -> None:
     copy = copy_tb_s()
     num_sms = sm_count(torch.device("cuda"))
     shared_memory = shared_memory_bytes(torch.device("cuda"))
-    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 * 2**20)
     rows = []
     for name, (n, k) in SHAPES.items():
         w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * 0.02
-        ws = [w] + [w.clone() for _ in range(max(0, -(-4 * l2 // (n * k * 2)) - 1))]
+        ws = copies_overflowing_l2(w)
         probe = torch.randn(64, k, dtype=torch.bfloat16, device="cuda")
         configs = {}
         for label, config in candidates(n, k, num_sms, shared_memory).items():

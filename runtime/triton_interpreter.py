@@ -41,10 +41,14 @@ def sm_count(device: torch.device) -> int:
     """The SMs a launch on `device` can spread over: the GPU's, or CPU_NUM_SMS on the CPU."""
     if device.type != "cuda":
         return CPU_NUM_SMS
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _cuda_index(device)
     if index not in _SM_COUNTS:
         _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
     return _SM_COUNTS[index]
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 CPU_SHARED_MEMORY = 227 * 1024  # the interpreter has no limit: stand in a Hopper's, so launch shapes match one
@@ -55,7 +59,7 @@ def shared_memory_bytes(device: torch.device) -> int:
     """The most shared memory one program may take on `device` (the opt-in limit on a GPU)."""
     if device.type != "cuda":
         return CPU_SHARED_MEMORY
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _cuda_index(device)
     if index not in _SHARED_MEMORY:
         try:
             _SHARED_MEMORY[index] = int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])

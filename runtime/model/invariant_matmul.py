@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime.triton_interpreter import can_launch_on, shared_memory_bytes, sm_count
+from runtime.triton_interpreter import CPU_SHARED_MEMORY, can_launch_on, shared_memory_bytes, sm_count
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ FLOAT32_SHAPES = ((64, 2),)  # tests and the CPU; three stages need ~150 KB, mor
 
 
 def invariant_config(n: int, k: int, num_sms: int, dtype: torch.dtype = torch.bfloat16,
-                     shared_memory: int = 227 * 1024) -> InvariantConfig:
+                     shared_memory: int = CPU_SHARED_MEMORY) -> InvariantConfig:
     """The launch shape for a weight [n, k]: the widest column tile that still gives every SM a
     program at one row (a decode step streams the weight, and idle SMs stream nothing), then the
     deepest K tile and pipeline (above) whose buffers fit `shared_memory` bytes. It depends on the

@@ -204,12 +204,13 @@ class TritonAttention(BaseAttentionBackend):
         else:
             k_buffer, v_buffer = self._store(q, k, v, layer, batch, rotary)
         table = batch.req_to_token
-        split = splits > 1 or self.deterministic  # (deterministic: always through the merge, see LengthSplits)
-        arrivals = self._merge_counters(batch.batch_size, layer.num_kv_heads, q.device) if split else None
+        by_length = DETERMINISTIC_SPLITS if self.deterministic else None  # always through the merge: see LengthSplits
+        merged = splits > 1 or by_length is not None
+        arrivals = self._merge_counters(batch.batch_size, layer.num_kv_heads, q.device) if merged else None
         return decode_attention_table(
             q, k_buffer, v_buffer, table, batch.req_pool_indices, table.stride(0), batch.seq_lens, layer.scaling,
             splits, config=self.decode_config, new_kv=new_kv, arrivals=arrivals,
-            length_splits=DETERMINISTIC_SPLITS if self.deterministic else None,
+            length_splits=by_length,
         )
 
     def _merge_counters(self, batch_size: int, num_kv_heads: int, device: torch.device) -> torch.Tensor | None:
