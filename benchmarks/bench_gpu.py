@@ -14,6 +14,8 @@ Sections (each independent; a failure is recorded and the script goes on):
   memory     KV capacity, and whether decode allocates new device memory per step
   offline_fp8, offline_fp8w, offline_fp8w_kv   offline and batch-1 decode with the lossy options:
              the fp8 KV cache, fp8 weights (quantization="fp8"), and both
+  offline_cublas_mlp   offline and batch-1 decode with the MLP's gate_up product on cuBLAS + silu·mul
+             at every batch size (disable_gated_matmul): the A/B for the fused gated product
   flashinfer the FlashInfer backend end to end on the 8B shape: agreement with Triton, decode, offline
   hf         HF transformers baselines on the same shape (generate b=1; generate_batch)
 Prints a compact table last; writes results.json and log lines to --out.
@@ -172,6 +174,11 @@ LOSSY_VARIANTS = {  # section name → engine options
 }
 
 
+AB_VARIANTS = {  # section name → engine options: the default engine without one of its choices
+    "offline_cublas_mlp": dict(disable_gated_matmul=True),  # gate_up on cuBLAS + silu·mul at every batch size
+}
+
+
 def workload(n, seed=0):
     rng = random.Random(seed)
     reqs = []
@@ -317,6 +324,7 @@ def main() -> None:
         engine = Engine(model_path=path, load_format="dummy")
         RESULTS["engine_start_s"] = round(time.perf_counter() - start, 1)
         RESULTS["kv_capacity_tokens"] = engine.max_total_tokens
+        RESULTS["gated_routes"] = {str(k): str(v) for k, v in engine.runner.gated_routes.items()}
         if "decode" in wanted:
             section("decode_b1_1k", decode_b1, engine, copy_tb_s)
         if "offline" in wanted:
@@ -339,7 +347,7 @@ def main() -> None:
         engine.shutdown()
         del engine
         free_memory()
-        for name, options in LOSSY_VARIANTS.items():
+        for name, options in (LOSSY_VARIANTS | AB_VARIANTS).items():
             if name in wanted:
                 section(name, functools.partial(offline_variant, **options), path, n_offline, copy_tb_s)
         if "prefix" in wanted:

@@ -68,6 +68,12 @@ class EngineConfig:
     attention_backend: str = _opt("auto", "Attention kernels.", ("auto", "torch_native", "triton", "flashinfer"))
     disable_cuda_graph: bool = _opt(False, "Run decode without CUDA graphs.")
     cuda_graph_max_bs: int = _opt(512, "Largest decode batch captured in a CUDA graph.")
+    disable_gated_matmul: bool = _opt(
+        False,
+        "Keep the MLP's gate_up product on cuBLAS followed by a silu·mul kernel at every batch size (A/B runs). "
+        "Otherwise start-up timing on the GPU picks, per batch size, cuBLAS or our Triton product that applies "
+        "silu·mul before writing its output.",
+    )
     disable_output_rows_only: bool = _opt(
         False,
         "Run a prefill step's last layer (attention output, MLP) and final norm for every prompt token, "

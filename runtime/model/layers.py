@@ -289,16 +289,44 @@ class Embedding(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)), with gate and up as one merged matmul."""
+    """down(silu(gate(x)) * up(x)), with gate and up as one merged matmul; where start-up timing chose
+    it for the batch's size (`gated_route`, gated_choice.py), silu·mul runs inside that matmul."""
 
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
         self.gate_up_proj = MergedLinear(hidden_size, {"gate_proj": intermediate_size, "up_proj": intermediate_size})
         self.down_proj = Linear(intermediate_size, hidden_size)
         self.down_proj.fused_input = SILU_MUL_INPUT
+        self.gated_route = None  # a gated_choice.GatedRoute: set at start-up on GPUs where it may win
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        config = self._gated_config(x)
+        if config is not None:
+            return self.down_proj(self._gated(x, config))
         return self.down(self.gate_up_proj(x))
+
+    def forward_after_norm(self, norm: RMSNorm, x: torch.Tensor, residual: Optional[torch.Tensor]
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MLP sublayer from its pre-norm: (self(norm(x + residual)), x + residual), or without a
+        residual (self(norm(x)), x), with the norm fused where the projection after it can take it."""
+        config = self._gated_config(x)
+        if config is None:
+            gate_up, residual = norm_then_linear(norm, self.gate_up_proj, x, residual)
+            return self.down(gate_up), residual
+        if residual is None:
+            normed, residual = norm(x), x
+        else:
+            normed, residual = norm.forward_with_residual(x, residual)
+        return self.down_proj(self._gated(normed, config)), residual
+
+    def _gated_config(self, x: torch.Tensor):
+        route = self.gated_route
+        return route.config_for(x.shape[0]) if route is not None and x.dim() == 2 else None
+
+    def _gated(self, x: torch.Tensor, config) -> torch.Tensor:
+        from runtime.model.gated_matmul import silu_mul_matmul
+
+        return silu_mul_matmul(x, self.gate_up_proj.weight, config)
 
     def down(self, gate_up: torch.Tensor) -> torch.Tensor:
         """down(silu(gate) * up) from the gate_up projection's output [T, 2I]."""

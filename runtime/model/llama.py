@@ -104,8 +104,7 @@ class LlamaDecoderLayer(nn.Module):
         hidden = attn.attend(qkv, cos, sin, batch, output_rows_only)
         if output_rows_only:
             residual = residual[batch.output_rows]
-        gate_up, residual = norm_then_linear(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden, residual)
-        return self.mlp.down(gate_up), residual
+        return self.mlp.forward_after_norm(self.post_attention_layernorm, hidden, residual)
 
 
 class LlamaModel(nn.Module):

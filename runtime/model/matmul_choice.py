@@ -180,21 +180,21 @@ def choose_matmul_routes(
         key = (*layer.weight.shape, *(["fp8"] if fp8 else []), *([fused_input] if fused_input else []))
         if key not in chosen:
             if not spun_up and layer.weight.is_cuda:
-                _spin_up(layer.weight)
+                spin_up(layer.weight)
                 spun_up = True
             scale = {"weight_scale": layer.weight_scale} if fp8 else {}
             # a copy-engine shape the weight cannot take would time the plain kernel again
             candidates = [c for c in (fp8_vector_candidates if fp8 else vector_candidates)
                           if not c.tma or tma_fits(layer.weight, c)]
             fused = {"fused_input": fused_input} if fused_input else {}
-            m1 = _least_times(timer, layer.weight, 1, ["cublas", *candidates], **scale, **fused)
+            m1 = least_times(timer, layer.weight, 1, ["cublas", *candidates], **scale, **fused)
             best = min(candidates, key=lambda c: m1[c], default=None)
             forced = MIN_SPEEDUP_VECTOR in (0.0, float("inf"))
             bar = MIN_SPEEDUP_VECTOR_FUSED_INPUT if fused_input and not forced else MIN_SPEEDUP_VECTOR
             vector = best if best is not None and m1["cublas"] > bar * m1[best] else None  # a tie: cuBLAS
             skinny = 0
             if not fp8:
-                m16 = _least_times(timer, layer.weight, MAX_M, ["cublas", "skinny"])
+                m16 = least_times(timer, layer.weight, MAX_M, ["cublas", "skinny"])
                 skinny = MAX_M if m16["cublas"] >= MIN_SPEEDUP * m16["skinny"] else 0
             chosen[key] = Route(vector, skinny, m1_us={kind_name(k): round(us, 2) for k, us in m1.items()})
         layer.vector_config = chosen[key].vector
@@ -202,7 +202,7 @@ def choose_matmul_routes(
     return chosen
 
 
-def _least_times(timer, weight: torch.Tensor, m: int, kinds: list, rounds: int = 3, **timer_args) -> dict:
+def least_times(timer, weight: torch.Tensor, m: int, kinds: list, rounds: int = 3, **timer_args) -> dict:
     """{kind: µs}, each the least of `rounds` timings taken in turn: interference and clock changes
     only ever add time, and taking turns spreads any drift over all kinds. A kernel of ours that
     fails to build or run here times as infinitely slow, with a warning (cuBLAS failing is an error)."""
@@ -217,13 +217,13 @@ def _least_times(timer, weight: torch.Tensor, m: int, kinds: list, rounds: int =
             except Exception:
                 if kind == "cublas":
                     raise
-                logger.warning("decode matmul %s fails for weight %s; not used", kind, tuple(weight.shape), exc_info=True)
+                logger.warning("matmul %s fails for weight %s; not used", kind, tuple(weight.shape), exc_info=True)
                 failed.add(kind)
                 best[kind] = float("inf")
     return best
 
 
-def _spin_up(weight: torch.Tensor, seconds: float = 0.3) -> None:
+def spin_up(weight: torch.Tensor, seconds: float = 0.3) -> None:
     """Keep the GPU busy until its clocks settle before timing. On an H100, start-up once gave qkv
     (the first shape timed) to our kernel, which a later measurement of the same shapes showed 20%
     slower than cuBLAS there; batch-1 decode ran at 151.5 tok/s against 155.9 in an earlier run.

@@ -19,12 +19,12 @@ def _variants(*kernels) -> dict[str, int]:
 def _all_kernels():
     from runtime import argmax, graph_inputs
     from runtime.attention.triton import decode, extend, kv_store
-    from runtime.model import fused, matvec
+    from runtime.model import fused, gated_matmul, matvec
 
     return (decode._decode_split_kernel, decode._decode_merge_kernel, extend._extend_kernel, kv_store._store_kv_kernel,
             kv_store._rotary_store_kv_kernel, fused._rms_norm_kernel, fused._silu_mul_kernel, fused._rotary_kernel,
             argmax._chunk_argmax_kernel, argmax._pick_chunk_kernel, graph_inputs._stage_kernel,
-            matvec._vector_kernel, matvec._vector_tma_kernel)
+            matvec._vector_kernel, matvec._vector_tma_kernel, gated_matmul._silu_mul_matmul_kernel)
 
 
 def test_index_views_at_any_offset_reuse_the_compiled_kernels():
