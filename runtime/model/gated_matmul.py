@@ -37,7 +37,10 @@ class GatedConfig:
     group_m: int = 8  # row blocks that sweep the columns together, so each weight tile is read once per group
     num_warps: int = 8
     num_stages: int = 3
-    tma: bool = False  # the weight's tiles through the tensor-memory accelerator (Hopper and later)
+    tma: bool = False  # x's and the weight's tiles through the tensor-memory accelerator (Hopper and later)
+    # with tma: Triton's warp specialisation, a producer warp issuing the copies while the others run
+    # the products (not timed on a GPU yet, so in no candidate; a Triton without it fails to build it)
+    warp_specialize: bool = False
 
     def shared_bytes(self, itemsize: int) -> int:
         """Shared memory its pipeline takes: num_stages × (an x tile + a gate and an up tile)."""
@@ -45,7 +48,7 @@ class GatedConfig:
 
     def __str__(self) -> str:
         return (f"gated {self.block_m}x{self.block_n}x{self.block_k}/w{self.num_warps}/s{self.num_stages}"
-                f"{'/tma' if self.tma else ''}")
+                f"{'/tma' if self.tma else ''}{'/ws' if self.warp_specialize else ''}")
 
 
 # The shapes start-up timing tries (gated_choice.py). Not yet timed on a GPU: they are the usual
@@ -63,7 +66,7 @@ CANDIDATES = (
 def fits(config: GatedConfig, weight: torch.Tensor) -> bool:
     """Whether `config` can run on `weight`'s device: its pipeline within the shared memory, and for
     the copy engine a Hopper GPU (or the interpreter), host tensor descriptors, tile sides that are
-    powers of two and a 16-byte aligned weight."""
+    powers of two and a 16-byte aligned weight (`copies_fit` checks x at each call)."""
     if config.shared_bytes(weight.element_size()) > shared_memory_bytes(weight.device):
         return False
     if not config.tma:
@@ -75,6 +78,11 @@ def fits(config: GatedConfig, weight: torch.Tensor) -> bool:
             and weight.data_ptr() % 16 == 0 and (weight.stride(0) * weight.element_size()) % 16 == 0)
 
 
+def copies_fit(t: torch.Tensor) -> bool:
+    """Whether the copy engine can address t's rows: a 16-byte aligned base and row stride."""
+    return t.stride(1) == 1 and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
+
+
 @functools.cache
 def _tensor_descriptor():
     try:  # Triton >= 3.4
@@ -84,12 +92,20 @@ def _tensor_descriptor():
     return TensorDescriptor
 
 
+@triton.jit
+def _copied_tiles(x_desc, w_desc, row0, col0, I, k0):
+    """The x, gate and up tiles at K offset k0, through the copy engine. Past M and K it reads zeros.
+    Gate rows past I (when the tile does not divide I) read up rows instead; they only feed output
+    columns past I, which are never stored."""
+    return x_desc.load([row0, k0]), w_desc.load([col0, k0]), w_desc.load([I + col0, k0])
+
+
 # M changes every step: not specialised, so a new batch size compiles nothing new
 @triton.jit(do_not_specialize=["M"])
 def _silu_mul_matmul_kernel(
-    x_ptr, w_ptr, w_desc, y_ptr, M, I, K, stride_xm, stride_wn, stride_ym,
+    x_ptr, x_desc, w_ptr, w_desc, y_ptr, M, I, K, stride_xm, stride_wn, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    TMA: tl.constexpr, DOT_PRECISION: tl.constexpr, EXACT: tl.constexpr,
+    TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, EXACT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     blocks_m = tl.cdiv(M, BLOCK_M)
@@ -109,21 +125,24 @@ def _silu_mul_matmul_kernel(
     up_rows = w_ptr + (offs_n + I)[:, None].to(tl.int64) * stride_wn
     acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + offs_k
-        mask_k = k < K
-        x = tl.load(x_rows + k[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        if TMA:
-            # Past K the copy engine reads zeros. Gate rows past I (when BLOCK_N does not divide I) read
-            # up rows instead; they only feed output columns past I, which are never stored.
-            gate = w_desc.load([pid_n * BLOCK_N, k0])
-            up = w_desc.load([I + pid_n * BLOCK_N, k0])
-        else:
-            w_mask = mask_n[:, None] & mask_k[None, :]
-            gate = tl.load(gate_rows + k[None, :], mask=w_mask, other=0.0)
-            up = tl.load(up_rows + k[None, :], mask=w_mask, other=0.0)
-        acc_gate = tl.dot(x, tl.trans(gate), acc_gate, input_precision=DOT_PRECISION)
-        acc_up = tl.dot(x, tl.trans(up), acc_up, input_precision=DOT_PRECISION)
+    if WARP_SPECIALIZE:  # a loop of its own: a Triton without the option never compiles this one
+        for k0 in tl.range(0, K, BLOCK_K, warp_specialize=True):
+            x, gate, up = _copied_tiles(x_desc, w_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, I, k0)
+            acc_gate = tl.dot(x, tl.trans(gate), acc_gate, input_precision=DOT_PRECISION)
+            acc_up = tl.dot(x, tl.trans(up), acc_up, input_precision=DOT_PRECISION)
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            if TMA:
+                x, gate, up = _copied_tiles(x_desc, w_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, I, k0)
+            else:
+                k = k0 + offs_k
+                mask_k = k < K
+                x = tl.load(x_rows + k[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+                w_mask = mask_n[:, None] & mask_k[None, :]
+                gate = tl.load(gate_rows + k[None, :], mask=w_mask, other=0.0)
+                up = tl.load(up_rows + k[None, :], mask=w_mask, other=0.0)
+            acc_gate = tl.dot(x, tl.trans(gate), acc_gate, input_precision=DOT_PRECISION)
+            acc_up = tl.dot(x, tl.trans(up), acc_up, input_precision=DOT_PRECISION)
 
     out_dtype = y_ptr.dtype.element_ty
     # each rounding where the unfused path rounds: the matmul's output, F.silu's, the product's
@@ -156,13 +175,17 @@ def silu_mul_matmul(x: torch.Tensor, weight: torch.Tensor, config: GatedConfig =
     y = torch.empty(m, inner, dtype=x.dtype, device=x.device)
     if m == 0:
         return y
-    tma = config.tma and fits(config, weight)
-    # a host descriptor: a CUDA graph keeps its bytes, which stay valid since weights never move
-    w_desc = _tensor_descriptor().from_tensor(weight, [config.block_n, config.block_k]) if tma else weight
+    tma = config.tma and fits(config, weight) and copies_fit(x)
+    # Host descriptors, whose bytes a CUDA graph keeps: valid, since weights never move and a graph's
+    # x is its static input buffer. Their sizes are not specialised on, so M compiles nothing new.
+    descriptor = _tensor_descriptor()
+    x_desc = descriptor.from_tensor(x, [config.block_m, config.block_k]) if tma else x
+    w_desc = descriptor.from_tensor(weight, [config.block_n, config.block_k]) if tma else weight
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(inner, config.block_n),)
     _silu_mul_matmul_kernel[grid](
-        x, weight, w_desc, y, m, inner, k, x.stride(0), weight.stride(0), y.stride(0),
+        x, x_desc, weight, w_desc, y, m, inner, k, x.stride(0), weight.stride(0), y.stride(0),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m, TMA=tma,
+        WARP_SPECIALIZE=tma and config.warp_specialize,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", EXACT=exact_bf16(x.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )

@@ -16,12 +16,14 @@ import torch.nn.functional as F  # noqa: E402
 pytest.importorskip("triton")
 
 from runtime.model.gated_choice import GatedRoute, choose_gated_routes, route_from_times  # noqa: E402
-from runtime.model.gated_matmul import GatedConfig, fits, silu_mul_matmul  # noqa: E402
+from runtime.model.gated_matmul import GatedConfig, copies_fit, fits, silu_mul_matmul  # noqa: E402
 from runtime.model.layers import GatedMLP, RMSNorm, _torch_rms_norm  # noqa: E402
 
 SMALL = GatedConfig(block_m=16, block_n=16, block_k=32, group_m=2, num_warps=4, num_stages=2)
 SMALL_TMA = GatedConfig(block_m=16, block_n=16, block_k=32, group_m=2, num_warps=4, num_stages=2, tma=True)
-CONFIGS = pytest.mark.parametrize("config", [SMALL, SMALL_TMA], ids=["loads", "tma"])
+SMALL_WS = GatedConfig(block_m=16, block_n=16, block_k=32, group_m=2, num_warps=4, num_stages=2, tma=True,
+                       warp_specialize=True)
+CONFIGS = pytest.mark.parametrize("config", [SMALL, SMALL_TMA, SMALL_WS], ids=["loads", "tma", "ws"])
 
 
 def _rand(*shape, seed=0):
@@ -63,9 +65,14 @@ def test_a_shape_runs_only_where_its_pipeline_and_copies_fit():
     assert fits(SMALL_TMA, weight)
     assert not fits(GatedConfig(block_n=24, tma=True), weight)  # a copy-engine tile side must be a power of 2
     assert not fits(SMALL_TMA, torch.zeros(64, 100, dtype=torch.bfloat16))  # 200-byte rows: not 16-aligned
-    # where the copy engine cannot read the weight, the same tiles come through plain loads
-    x, odd = _rand(4, 36, seed=5), _rand(32, 36, seed=6)
+    # where the copy engine cannot read the weight (136-byte rows) or x (rows 164 bytes apart), the same
+    # tiles come through plain loads
+    x, odd = _rand(4, 34, seed=5), _rand(32, 34, seed=6)
+    assert not fits(SMALL_TMA, odd)
     torch.testing.assert_close(silu_mul_matmul(x, odd, SMALL_TMA), _unfused(x, odd), atol=2e-4, rtol=1e-4)
+    x, weight = _rand(4, 41, seed=7)[:, :40], _rand(32, 40, seed=8)
+    assert fits(SMALL_TMA, weight) and not copies_fit(x)
+    torch.testing.assert_close(silu_mul_matmul(x, weight, SMALL_TMA), _unfused(x, weight), atol=2e-4, rtol=1e-4)
 
 
 def test_route_takes_our_kernel_only_where_it_wins_by_the_margin():

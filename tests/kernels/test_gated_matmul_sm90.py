@@ -32,12 +32,13 @@ COMPILE = textwrap.dedent("""
     for c in CANDIDATES:
         sig = dict(x_ptr="*bf16", w_ptr="*bf16", y_ptr="*bf16", M="i32", I="i32", K="i32", stride_xm="i32",
                    stride_wn="i32", stride_ym="i32",
-                   w_desc=f"tensordesc<bf16[{c.block_n}, {c.block_k}]>" if c.tma else "*bf16")
+                   w_desc=f"tensordesc<bf16[{c.block_n}, {c.block_k}]>" if c.tma else "*bf16",
+                   x_desc=f"tensordesc<bf16[{c.block_m}, {c.block_k}]>" if c.tma else "*bf16")
         consts = dict(BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GROUP_M=c.group_m, TMA=c.tma,
-                      DOT_PRECISION="tf32", EXACT=False)
+                      WARP_SPECIALIZE=c.warp_specialize, DOT_PRECISION="tf32", EXACT=False)
         sig.update({name: "constexpr" for name in consts})
         names = list(fn.arg_names)
-        aligned = ALIGNED + (() if c.tma else ("w_desc",))
+        aligned = ALIGNED + (() if c.tma else ("w_desc", "x_desc"))
         attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
         kernel = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
                                 options={"num_warps": c.num_warps, "num_stages": c.num_stages})
