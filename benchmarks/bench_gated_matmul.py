@@ -35,6 +35,7 @@ EXPLORE = (
     GatedConfig(block_m=128, block_n=64, block_k=64, num_warps=4, num_stages=4),
     GatedConfig(block_m=128, block_n=64, block_k=64, num_warps=8, num_stages=4, tma=True),
     GatedConfig(block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=3),
+    GatedConfig(block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=4, tma=True),
     GatedConfig(block_m=64, block_n=128, block_k=64, num_warps=8, num_stages=4, tma=True),
     GatedConfig(block_m=128, block_n=128, block_k=64, group_m=16, num_warps=8, num_stages=4, tma=True),
     GatedConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=4, tma=True, warp_specialize=True),
