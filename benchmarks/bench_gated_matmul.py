@@ -1,6 +1,6 @@
 """The MLP's gated product on a GPU: cuBLAS's gate_up product followed by the silu·mul kernel (what the
 model runs without gated_matmul.py) against silu_mul_matmul in each launch shape, at the Llama-3-8B
-gate_up weight (28,672 × 4,096, bf16), from decode batches to prefill chunks. Each shape is checked
+gate_up weight (28,672 × 4,096, bf16), from decode batches to prefill chunks (the sizes start-up times, and some between). Each shape is checked
 against the unfused result first; the table gives µs and TFLOP/s, and the route start-up timing
 would take from these numbers (gated_choice.route_from_times).
 
@@ -46,7 +46,7 @@ EXPLORE = (
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
-    parser.add_argument("--m", default="64,256,546,1024,2048,4096,8192")
+    parser.add_argument("--m", default="32,128,512,546,1024,2048,4096,8192")  # TIMED_M and between
     parser.add_argument("--explore", action="store_true")
     args = parser.parse_args()
     n, k = GATE_UP
