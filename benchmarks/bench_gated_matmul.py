@@ -1,10 +1,11 @@
 """The MLP's gated product on a GPU: cuBLAS's gate_up product followed by the silu·mul kernel (what the
 model runs without gated_matmul.py) against silu_mul_matmul in each launch shape, at the Llama-3-8B
-gate_up weight (28,672 × 4,096, bf16), from decode batches to prefill chunks (the sizes start-up times, and some between). Each shape is checked
-against the unfused result first; the table gives µs and TFLOP/s, and the route start-up timing
-would take from these numbers (gated_choice.route_from_times).
+gate_up weight (28,672 × 4,096, bf16), from decode batches to prefill chunks (the sizes start-up
+times, and some between). Each shape is checked against the unfused result first; the table gives
+µs and TFLOP/s, and the route start-up timing would take from these numbers
+(gated_choice.route_from_times).
 
-    python benchmarks/bench_gated_matmul.py [--out DIR] [--m 64,256,...] [--explore]
+    python benchmarks/bench_gated_matmul.py [--out DIR] [--m 32,128,...] [--explore]
 
 `--explore` adds launch shapes beyond gated_matmul.CANDIDATES, to choose the candidates by. Timings
 cycle through weight copies that overflow L2, as in the model where every weight streams from HBM.
