@@ -51,6 +51,21 @@ def _cuda_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
+_HOPPER: dict[int, bool] = {}
+
+
+def hopper_or_later(device: torch.device) -> bool:
+    """Whether `device` is a GPU of compute capability 9 or later (the copy engine's tensor copies):
+    asked once per device, since eager steps launch ~100 products a step. The CPU interpreter counts
+    as one, so the copy-engine paths run in tests."""
+    if device.type != "cuda":
+        return True
+    index = _cuda_index(device)
+    if index not in _HOPPER:
+        _HOPPER[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return _HOPPER[index]
+
+
 CPU_SHARED_MEMORY = 227 * 1024  # the interpreter has no limit: stand in a Hopper's, so launch shapes match one
 _SHARED_MEMORY: dict[int, int] = {}
 

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime.triton_interpreter import can_launch_on, exact_bf16, round_to_bf16, shared_memory_bytes
+from runtime.triton_interpreter import can_launch_on, exact_bf16, hopper_or_later, round_to_bf16, shared_memory_bytes
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def fits(config: GatedConfig, weight: torch.Tensor) -> bool:
         return False
     if not config.tma:
         return True
-    if weight.is_cuda and torch.cuda.get_device_capability(weight.device)[0] < 9:
+    if not hopper_or_later(weight.device):
         return False
     sides = (config.block_n, config.block_k)
     return (_tensor_descriptor() is not None and all(d & (d - 1) == 0 for d in sides)

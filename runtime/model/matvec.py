@@ -49,7 +49,7 @@ import triton.language as tl
 from runtime import pdl
 from runtime.model import fp8
 from runtime.pdl import gdc_launch_dependents, gdc_wait
-from runtime.triton_interpreter import E4M3, exact_rounding, round_to_fp8
+from runtime.triton_interpreter import E4M3, exact_rounding, hopper_or_later, round_to_fp8
 
 PLAIN, SILU_MUL, RMS_NORM = 0, 1, 2
 FP8_MAX = tl.constexpr(fp8.FP8_MAX)
@@ -79,7 +79,7 @@ def tma_fits(weight: torch.Tensor, config: VectorConfig) -> bool:
     later (or the CPU interpreter), a Triton with host tensor descriptors, a 16-byte aligned base and
     row stride, tile sides that are powers of two (Triton splits a tile wider than one copy, 256,
     into several), a tile row of at least 16 bytes, and the tiles in flight within shared memory."""
-    if weight.is_cuda and not _hopper_or_later(weight.device):
+    if not hopper_or_later(weight.device):
         return False
     if _tensor_descriptor() is None:
         return False
@@ -88,16 +88,6 @@ def tma_fits(weight: torch.Tensor, config: VectorConfig) -> bool:
     powers_of_two = all(d > 0 and d & (d - 1) == 0 for d in (config.block_n, config.block_k))
     return (powers_of_two and config.block_k * size >= 16 and ring_bytes <= TMA_MAX_RING_BYTES
             and weight.data_ptr() % 16 == 0 and (weight.stride(0) * size) % 16 == 0 and weight.stride(1) == 1)
-
-
-_CAPABLE: dict[int, bool] = {}  # per device index: asked once (eager decode launches ~100 products a step)
-
-
-def _hopper_or_later(device: torch.device) -> bool:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _CAPABLE:
-        _CAPABLE[index] = torch.cuda.get_device_capability(index)[0] >= 9
-    return _CAPABLE[index]
 
 
 @functools.cache
