@@ -66,6 +66,21 @@ def hopper_or_later(device: torch.device) -> bool:
     return _HOPPER[index]
 
 
+def tensor_descriptor_class():
+    """Triton's host tensor descriptor (the copy engine's tiles), or None on a Triton older than 3.4."""
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:
+        return None
+    return TensorDescriptor
+
+
+def copy_engine_addressable(t: torch.Tensor) -> bool:
+    """Whether the copy engine can address t's rows: contiguous rows, a 16-byte aligned base and row
+    stride."""
+    return t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
+
+
 CPU_SHARED_MEMORY = 227 * 1024  # the interpreter has no limit: stand in a Hopper's, so launch shapes match one
 _SHARED_MEMORY: dict[int, int] = {}
 

@@ -1,4 +1,5 @@
-"""Test-module set-up for Triton kernels on machines without CUDA: they run in Triton's interpreter."""
+"""Test-module set-up for Triton kernels on machines without CUDA: they run in Triton's interpreter; and
+modules filled with small random weights for kernel tests."""
 
 from __future__ import annotations
 
@@ -23,3 +24,13 @@ def use_interpreter_for(*module_names: str) -> bool:
             raise RuntimeError(f"{name} was imported before TRITON_INTERPRET was set, so its kernels cannot run on "
                                "the CPU: import it in tests only after use_interpreter_for()")
     return True
+
+
+def filled_randomly(module: torch.nn.Module, seed: int, scale: float = 0.3) -> torch.nn.Module:
+    """Every parameter of `module` (built uninitialised, as the loader builds them) drawn from
+    N(0, scale²) with its own seed: small enough that activations stay in range."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return module

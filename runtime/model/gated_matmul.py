@@ -16,14 +16,16 @@ the model uses it only where start-up timing found it faster (gated_choice.py).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from runtime.triton_interpreter import can_launch_on, exact_bf16, hopper_or_later, round_to_bf16, shared_memory_bytes
+from runtime.triton_interpreter import (
+    can_launch_on, copy_engine_addressable, exact_bf16, hopper_or_later, round_to_bf16, shared_memory_bytes,
+    tensor_descriptor_class,
+)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ CANDIDATES = (
 def fits(config: GatedConfig, weight: torch.Tensor) -> bool:
     """Whether `config` can run on `weight`'s device: its pipeline within the shared memory, and for
     the copy engine a Hopper GPU (or the interpreter), host tensor descriptors, tile sides that are
-    powers of two and a 16-byte aligned weight (`copies_fit` checks x at each call)."""
+    powers of two and a 16-byte aligned weight (x is checked at each call)."""
     if config.shared_bytes(weight.element_size()) > shared_memory_bytes(weight.device):
         return False
     if not config.tma:
@@ -77,22 +79,8 @@ def fits(config: GatedConfig, weight: torch.Tensor) -> bool:
     if not hopper_or_later(weight.device):
         return False
     sides = (config.block_n, config.block_k)
-    return (_tensor_descriptor() is not None and all(d & (d - 1) == 0 for d in sides)
-            and weight.data_ptr() % 16 == 0 and (weight.stride(0) * weight.element_size()) % 16 == 0)
-
-
-def copies_fit(t: torch.Tensor) -> bool:
-    """Whether the copy engine can address t's rows: a 16-byte aligned base and row stride."""
-    return t.stride(1) == 1 and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
-
-
-@functools.cache
-def _tensor_descriptor():
-    try:  # Triton >= 3.4
-        from triton.tools.tensor_descriptor import TensorDescriptor
-    except ImportError:
-        return None
-    return TensorDescriptor
+    return (tensor_descriptor_class() is not None and all(d & (d - 1) == 0 for d in sides)
+            and copy_engine_addressable(weight))
 
 
 @triton.jit
@@ -178,10 +166,10 @@ def silu_mul_matmul(x: torch.Tensor, weight: torch.Tensor, config: GatedConfig =
     y = torch.empty(m, inner, dtype=x.dtype, device=x.device)
     if m == 0:
         return y
-    tma = config.tma and fits(config, weight) and copies_fit(x)
+    tma = config.tma and fits(config, weight) and copy_engine_addressable(x)
     # Host descriptors, whose bytes a CUDA graph keeps: valid, since weights never move and a graph's
     # x is its static input buffer. Their sizes are not specialised on, so M compiles nothing new.
-    descriptor = _tensor_descriptor()
+    descriptor = tensor_descriptor_class()
     x_desc = descriptor.from_tensor(x, [config.block_m, config.block_k]) if tma else x
     w_desc = descriptor.from_tensor(weight, [config.block_n, config.block_k]) if tma else weight
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(inner, config.block_n),)

@@ -38,7 +38,6 @@ fused.rms_norm when both summed in float32.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -49,7 +48,9 @@ import triton.language as tl
 from runtime import pdl
 from runtime.model import fp8
 from runtime.pdl import gdc_launch_dependents, gdc_wait
-from runtime.triton_interpreter import E4M3, exact_rounding, hopper_or_later, round_to_fp8
+from runtime.triton_interpreter import (
+    E4M3, copy_engine_addressable, exact_rounding, hopper_or_later, round_to_fp8, tensor_descriptor_class,
+)
 
 PLAIN, SILU_MUL, RMS_NORM = 0, 1, 2
 FP8_MAX = tl.constexpr(fp8.FP8_MAX)
@@ -81,22 +82,13 @@ def tma_fits(weight: torch.Tensor, config: VectorConfig) -> bool:
     into several), a tile row of at least 16 bytes, and the tiles in flight within shared memory."""
     if not hopper_or_later(weight.device):
         return False
-    if _tensor_descriptor() is None:
+    if tensor_descriptor_class() is None:
         return False
     size = weight.element_size()
     ring_bytes = config.num_stages * config.block_n * config.block_k * size
     powers_of_two = all(d > 0 and d & (d - 1) == 0 for d in (config.block_n, config.block_k))
     return (powers_of_two and config.block_k * size >= 16 and ring_bytes <= TMA_MAX_RING_BYTES
-            and weight.data_ptr() % 16 == 0 and (weight.stride(0) * size) % 16 == 0 and weight.stride(1) == 1)
-
-
-@functools.cache
-def _tensor_descriptor():
-    try:  # Triton >= 3.4
-        from triton.tools.tensor_descriptor import TensorDescriptor
-    except ImportError:
-        return None
-    return TensorDescriptor
+            and copy_engine_addressable(weight))
 
 
 @triton.jit
@@ -281,7 +273,7 @@ def vector_matmul(
     grid = (triton.cdiv(n, config.block_n),)
     if config.tma and tma_fits(weight, config):
         # a host descriptor: a CUDA graph keeps its bytes, which stay valid since weights never move
-        w_desc = _tensor_descriptor().from_tensor(weight, [config.block_n, config.block_k])
+        w_desc = tensor_descriptor_class().from_tensor(weight, [config.block_n, config.block_k])
         _vector_tma_kernel[grid](x, weight, w_desc, y, *inputs, n, k, weight.stride(0), eps, BLOCK_N=config.block_n,
                                  BLOCK_K=config.block_k, STAGES=config.num_stages,
                                  STATS_BLOCK=min(triton.next_power_of_2(k), STATS_BLOCK_MAX), **flags)

@@ -16,8 +16,10 @@ import torch.nn.functional as F  # noqa: E402
 pytest.importorskip("triton")
 
 from runtime.model.gated_choice import GatedRoute, choose_gated_routes, route_from_times  # noqa: E402
-from runtime.model.gated_matmul import GatedConfig, copies_fit, fits, silu_mul_matmul  # noqa: E402
+from runtime.model.gated_matmul import GatedConfig, fits, silu_mul_matmul  # noqa: E402
 from runtime.model.layers import GatedMLP, RMSNorm, _torch_rms_norm  # noqa: E402
+from runtime.triton_interpreter import copy_engine_addressable  # noqa: E402
+from tests.interpreted_triton import filled_randomly  # noqa: E402
 
 SMALL = GatedConfig(block_m=16, block_n=16, block_k=32, group_m=2, num_warps=4, num_stages=2)
 SMALL_TMA = GatedConfig(block_m=16, block_n=16, block_k=32, group_m=2, num_warps=4, num_stages=2, tma=True)
@@ -71,7 +73,7 @@ def test_a_shape_runs_only_where_its_pipeline_and_copies_fit():
     assert not fits(SMALL_TMA, odd)
     torch.testing.assert_close(silu_mul_matmul(x, odd, SMALL_TMA), _unfused(x, odd), atol=2e-4, rtol=1e-4)
     x, weight = _rand(4, 41, seed=7)[:, :40], _rand(32, 40, seed=8)
-    assert fits(SMALL_TMA, weight) and not copies_fit(x)
+    assert fits(SMALL_TMA, weight) and not copy_engine_addressable(x)
     torch.testing.assert_close(silu_mul_matmul(x, weight, SMALL_TMA), _unfused(x, weight), atol=2e-4, rtol=1e-4)
 
 
@@ -109,18 +111,10 @@ def test_choice_times_each_weight_shape_once_up_to_the_largest_step():
     assert model[2].gated_route.config_for(1000) == SMALL
 
 
-def _filled(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return module
-
-
 def test_mlp_routes_by_batch_size_and_agrees_with_the_unfused_path(monkeypatch):
     import runtime.model.gated_matmul as gated
 
-    mlp, norm = _filled(GatedMLP(32, 40), 7), _filled(RMSNorm(32, 1e-5), 8)
+    mlp, norm = filled_randomly(GatedMLP(32, 40), 7), filled_randomly(RMSNorm(32, 1e-5), 8)
     x, res = _rand(20, 32, seed=9), _rand(20, 32, seed=10)
     want = mlp(x)
     want_sublayer = [mlp.forward_after_norm(norm, x, r) for r in (res, None)]

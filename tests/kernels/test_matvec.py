@@ -14,6 +14,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from runtime.model.layers import GatedMLP, Linear, RMSNorm, _torch_rms_norm, norm_then_linear  # noqa: E402
 from runtime.model.matvec import VectorConfig, vector_matmul  # noqa: E402
+from tests.interpreted_triton import filled_randomly  # noqa: E402
 
 SMALL = VectorConfig(block_n=8, block_k=32)
 SMALL_TMA = VectorConfig(block_n=8, block_k=32, num_stages=4, tma=True)  # W through the copy engine
@@ -117,19 +118,11 @@ def _routed(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _filled(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return module
-
-
 @pytest.mark.parametrize("bias", [False, True])
 def test_norm_then_linear_fuses_one_row_and_agrees_with_the_unfused_path(bias, monkeypatch):
     import runtime.model.matvec as matvec
 
-    norm, linear = _filled(RMSNorm(48, 1e-5), 1), _filled(Linear(48, 20, bias=bias), 2)
+    norm, linear = filled_randomly(RMSNorm(48, 1e-5), 1), filled_randomly(Linear(48, 20, bias=bias), 2)
     x, res = _rand(1, 48, seed=3), _rand(1, 48, seed=4)
     want = [norm_then_linear(norm, linear, x, r) for r in (res, None)]  # no route: norm kernel + F.linear
     calls = []
@@ -147,7 +140,7 @@ def test_norm_then_linear_fuses_one_row_and_agrees_with_the_unfused_path(bias, m
 
 
 def test_mlp_down_fuses_silu_mul_for_one_row():
-    mlp = _filled(GatedMLP(32, 48), 5)
+    mlp = filled_randomly(GatedMLP(32, 48), 5)
     x = _rand(1, 32, seed=6)
     want = mlp(x)
     torch.testing.assert_close(_routed(mlp)(x), want, atol=1e-4, rtol=1e-4)
