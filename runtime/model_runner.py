@@ -180,12 +180,17 @@ class ModelRunner:
             raise ValueError(f"the KV budget holds only {size} tokens; raise mem_fraction_static or kv_cache_bytes")
         return size
 
-    def _choose_matmul_routes(self) -> dict:
-        """Decode projections: our Triton vector / skinny kernels where they measure faster than cuBLAS."""
+    def _may_time_own_matmuls(self) -> bool:
+        """Whether start-up may put products on our Triton kernels where they time faster: a 16-bit model
+        on a GPU, our kernels not switched off (SGFLOW_DISABLE_FUSED=1), no batch-invariant products."""
         import os
 
-        if (self.device.type != "cuda" or self.dtype == torch.float32 or os.environ.get("SGFLOW_DISABLE_FUSED") == "1"
-                or self.config.deterministic_inference):
+        return (self.device.type == "cuda" and self.dtype != torch.float32
+                and os.environ.get("SGFLOW_DISABLE_FUSED") != "1" and not self.config.deterministic_inference)
+
+    def _choose_matmul_routes(self) -> dict:
+        """Decode projections: our Triton vector / skinny kernels where they measure faster than cuBLAS."""
+        if not self._may_time_own_matmuls():
             return {}
         from runtime.model.matmul_choice import choose_matmul_routes
 
@@ -200,10 +205,7 @@ class ModelRunner:
     def _choose_gated_routes(self) -> dict:
         """The MLP's gated product per batch size: our fused kernel where it measures faster than cuBLAS
         + silu·mul (gated_choice.py)."""
-        import os
-
-        if (self.device.type != "cuda" or self.dtype == torch.float32 or os.environ.get("SGFLOW_DISABLE_FUSED") == "1"
-                or self.config.deterministic_inference or self.config.disable_gated_matmul):
+        if not self._may_time_own_matmuls() or self.config.disable_gated_matmul:
             return {}
         from runtime.model.gated_choice import choose_gated_routes
 
