@@ -141,6 +141,10 @@ class ModelRunner:
             argmax.warm_up(self.vocab_size, self.device)
         self.matmul_routes = self._choose_matmul_routes()
         self.gated_routes = self._choose_gated_routes()
+        if self.device.type == "cuda":
+            # the timings' weight copies and outputs (~3 GB at an 8B model's 8k rows) stay cached by the
+            # allocator, where the CUDA graphs' own memory pool, captured next, could not use them
+            torch.cuda.empty_cache()
         self.cuda_graph = self._maybe_capture_cuda_graphs()
         logger.info(
             "model %s on %s (%s), attention %s, KV pool %d tokens (%s), context %d",
