@@ -12,6 +12,7 @@ to nothing.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -66,6 +67,7 @@ def hopper_or_later(device: torch.device) -> bool:
     return _HOPPER[index]
 
 
+@functools.cache  # asked at every copy-engine launch
 def tensor_descriptor_class():
     """Triton's host tensor descriptor (the copy engine's tiles), or None on a Triton older than 3.4."""
     try:

@@ -14,7 +14,7 @@ import torch
 
 from runtime.model.gated_matmul import CANDIDATES, GatedConfig, fits, silu_mul_matmul
 from runtime.model.gemv import MAX_M
-from runtime.model.matmul_choice import least_times, spin_up, graph_time_us
+from runtime.model.matmul_choice import graph_time_us, l2_overflowing_copies, least_times, spin_up
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +51,7 @@ def time_gated(kind, weight: torch.Tensor, m: int) -> float:
     from HBM."""
     from runtime.model.layers import silu_and_mul
 
-    props = torch.cuda.get_device_properties(weight.device)
-    copies = max(2, min(8, -(-2 * props.L2_cache_size // (weight.numel() * weight.element_size()))))
-    weights = [weight.clone() for _ in range(copies)]
+    weights = [weight.clone() for _ in range(l2_overflowing_copies(weight))]
     x = torch.randn(m, weight.shape[1], dtype=weight.dtype, device=weight.device)
 
     def run_all():
@@ -63,7 +61,7 @@ def time_gated(kind, weight: torch.Tensor, m: int) -> float:
             else:
                 silu_mul_matmul(x, w, kind)
 
-    return graph_time_us(run_all, reps=1) / copies
+    return graph_time_us(run_all, reps=1) / len(weights)
 
 
 def route_from_times(times: dict[int, dict], min_speedup: float | None = None) -> GatedRoute:

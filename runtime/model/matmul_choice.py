@@ -105,6 +105,14 @@ def graph_time_us(fn, reps: int = 10, iters: int = 10) -> float:
     return statistics.median(times)
 
 
+def l2_overflowing_copies(weight: torch.Tensor) -> int:
+    """How many copies of `weight` a timing cycles through so that together they overflow L2 four
+    times over (2 to 16): each then streams from HBM, as every weight does in the model."""
+    props = torch.cuda.get_device_properties(weight.device) if weight.is_cuda else None
+    l2_bytes = getattr(props, "L2_cache_size", 64 * 2**20)
+    return max(2, min(16, -(-4 * l2_bytes // (weight.numel() * weight.element_size()))))
+
+
 def time_projection(kind, weight: torch.Tensor, m: int, weight_scale: torch.Tensor | None = None,
                     act_dtype: torch.dtype = torch.bfloat16, fused_input: str | None = None) -> float:
     """µs of one [m, K] x weight^T product, in a CUDA graph. `kind`: "cublas" (torch._scaled_mm for an
@@ -119,9 +127,7 @@ def time_projection(kind, weight: torch.Tensor, m: int, weight_scale: torch.Tens
         NORM_INPUT, SILU_MUL_INPUT, Linear, RMSNorm, linear_after_silu_mul, norm_then_linear,
     )
 
-    props = torch.cuda.get_device_properties(weight.device) if weight.is_cuda else None
-    l2_bytes = getattr(props, "L2_cache_size", 64 * 2**20)
-    copies = max(2, min(16, -(-4 * l2_bytes // (weight.numel() * weight.element_size()))))
+    copies = l2_overflowing_copies(weight)
     dtype = act_dtype if weight_scale is not None else weight.dtype
     n, k = weight.shape
     x = torch.randn(m, 2 * k if fused_input == SILU_MUL_INPUT else k, dtype=dtype, device=weight.device)
